@@ -1,0 +1,107 @@
+"""The Python API: one small class for the console, scripts and the Slicer worker.
+
+>>> from LungSegLib import LungSegmenter
+>>> seg = LungSegmenter()                       # bundled model, all cores
+>>> labels = seg.segment(sitk.ReadImage("ct.nrrd"))   # SimpleITK image in -> labelmap image out
+>>> seg.segment_file("ct.nrrd", "lungs.seg.nrrd")     # files in and out (what `lungseg segment` does)
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from .geometry import Geometry
+from .imageio import read_ct
+from .inference import (CancelFlag, ProgressCallback, SegmentationResult, configure_threads,
+                        segment_array)
+from .model import LoadedModel, load_model
+from .postprocess import PostprocessOptions
+from .writers import check_output_path, labelmap_image, write_labelmap
+
+
+class LungSegmenter:
+    """Segments right (1) and left (2) lung in chest CT.
+
+    Args:
+        model: path of a ``.keras`` model with its card, a loaded model, or None for the bundled one.
+        batch_size: slices per network call.
+        threads: CPU threads for TensorFlow (default: all available cores).
+        postprocess: run the clean-up (largest components, hole filling, side check); or give
+            :class:`PostprocessOptions` to choose steps.
+        check_hu: refuse images that do not look like Hounsfield units.
+    """
+
+    def __init__(self, model: Union[None, str, os.PathLike, LoadedModel] = None, *, batch_size: int = 8,
+                 threads: Optional[int] = None, postprocess: Union[bool, PostprocessOptions] = True,
+                 check_hu: bool = True):
+        self.threads = configure_threads(threads)
+        self.model = model if isinstance(model, LoadedModel) else load_model(model)
+        self.batch_size = int(batch_size)
+        if postprocess is True:
+            postprocess = PostprocessOptions()
+        self.postprocess_options = postprocess or None
+        self.check_hu = check_hu
+
+    def segment_array(self, volume: np.ndarray, geometry: Geometry, *,
+                      progress: Optional[ProgressCallback] = None,
+                      cancel: CancelFlag = None) -> SegmentationResult:
+        """Segment a ``[k, j, i]`` HU array on ``geometry``; see :func:`inference.segment_array`."""
+        return segment_array(volume, geometry, self.model, batch_size=self.batch_size,
+                             postprocess_options=self.postprocess_options, check_hu=self.check_hu,
+                             progress=progress, cancel=cancel)
+
+    def segment(self, image: Union[sitk.Image, np.ndarray], spacing: Optional[Sequence[float]] = None,
+                origin: Sequence[float] = (0.0, 0.0, 0.0), direction: Optional[np.ndarray] = None, *,
+                progress: Optional[ProgressCallback] = None, cancel: CancelFlag = None):
+        """Segment a SimpleITK image (returns a uint8 SimpleITK labelmap on the same grid) or a NumPy
+        ``[k, j, i]`` array with its LPS ``spacing`` (i, j, k mm), ``origin`` and ``direction`` (returns a
+        uint8 array of the same shape)."""
+        if isinstance(image, sitk.Image):
+            from .imageio import as_3d, validate_ct_image
+
+            validate_ct_image(image)
+            image = as_3d(image)
+            geometry = Geometry.from_sitk(image)
+            result = self.segment_array(sitk.GetArrayViewFromImage(image), geometry,
+                                        progress=progress, cancel=cancel)
+            return labelmap_image(result.labels, geometry)
+        if spacing is None:
+            raise ValueError("A NumPy volume needs its voxel spacing (i, j, k in mm).")
+        geometry = Geometry(spacing, origin, np.eye(3) if direction is None else direction)
+        return self.segment_array(np.asarray(image), geometry, progress=progress, cancel=cancel).labels
+
+    def segment_file(self, input_path: Union[str, os.PathLike], output_path: Union[str, os.PathLike], *,
+                     fmt: Optional[str] = None, overwrite: bool = False,
+                     overview_path: Union[None, str, os.PathLike] = None,
+                     progress: Optional[ProgressCallback] = None,
+                     cancel: CancelFlag = None) -> SegmentationResult:
+        """Read a CT file or DICOM folder, segment it, write the labelmap (and optionally a PNG).
+
+        The output is checked before any work (exists? known format?) and written atomically only
+        after the whole volume is done, so a failure or a cancel leaves no file behind.
+        """
+        check_output_path(output_path, overwrite, fmt)
+        if Path(output_path).resolve() == Path(input_path).resolve():
+            from .errors import OutputError
+
+            raise OutputError("The output would replace the input CT; choose another output file.")
+        t0 = time.perf_counter()
+        image = read_ct(input_path)
+        t_read = time.perf_counter() - t0
+        geometry = Geometry.from_sitk(image)
+        volume = sitk.GetArrayViewFromImage(image)
+        result = self.segment_array(volume, geometry, progress=progress, cancel=cancel)
+        t1 = time.perf_counter()
+        write_labelmap(result.labels, geometry, output_path, fmt=fmt, overwrite=overwrite)
+        result.timings_s["write"] = time.perf_counter() - t1
+        result.timings_s["read"] = t_read
+        if overview_path is not None:
+            from .overview import write_overview
+
+            write_overview(volume, result.labels, geometry, overview_path)
+        return result

@@ -1,0 +1,127 @@
+"""Reading CT images (NRRD, NIfTI, MetaImage, DICOM series) with clear refusals of what is not CT."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Tuple
+
+import SimpleITK as sitk
+
+from .errors import InputError
+
+#: Extensions read as single files (anything else SimpleITK reads is tried too).
+CT_FILE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".dcm")
+_CT_MODALITIES = {"CT"}
+
+
+def _modality(reader_or_image, key: str = "0008|0060") -> str:
+    try:
+        if reader_or_image.HasMetaDataKey(key):
+            return reader_or_image.GetMetaData(key).strip().upper()
+    except RuntimeError:
+        pass
+    return ""
+
+
+def _dicom_series(folder: Path) -> Tuple[str, List[str]]:
+    """The series in ``folder`` with the most slices: (series UID, files sorted by position)."""
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ()
+    if not ids:
+        raise InputError(f"{folder} is a folder without a DICOM image series. Give a DICOM series folder "
+                         "or a CT file (.nrrd, .nii, .nii.gz, .mha).")
+    best: Tuple[str, List[str]] = ("", [])
+    skipped = []
+    for uid in ids:
+        files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+        header = sitk.ImageFileReader()
+        header.SetFileName(files[0])
+        header.LoadPrivateTagsOff()
+        try:
+            header.ReadImageInformation()
+        except RuntimeError:
+            skipped.append(uid)
+            continue
+        modality = _modality(header)
+        if modality and modality not in _CT_MODALITIES:
+            skipped.append(f"{uid} ({modality})")
+            continue
+        if len(files) > len(best[1]):
+            best = (uid, files)
+    if not best[1]:
+        raise InputError(f"{folder} holds no CT series (found: {', '.join(skipped) or 'none readable'}). "
+                         "LungSeg segments CT only.")
+    return best
+
+
+def read_ct(path: os.PathLike) -> sitk.Image:
+    """Read a 3-D CT in Hounsfield units from a file or a DICOM series folder.
+
+    For a DICOM folder the CT series with the most slices is read, its slices sorted by position and
+    the rescale slope/intercept applied (by GDCM). Raises :class:`InputError` for a missing or empty
+    file, an unreadable format, a non-CT modality, or an image that is not one 3-D scalar volume.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"Input not found: {path}")
+    if path.is_dir():
+        _, files = _dicom_series(path)
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            raise InputError(f"Could not read the DICOM series in {path}: {_first_line(exc)}") from exc
+    else:
+        if path.stat().st_size == 0:
+            raise InputError(f"{path} is an empty file (0 bytes).")
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise InputError(f"Cannot read {path.name} as an image (supported: NRRD, NIfTI, MetaImage, "
+                             f"DICOM series folder): {_first_line(exc)}") from exc
+        modality = _modality(reader)
+        if modality and modality not in _CT_MODALITIES:
+            raise InputError(f"{path.name} is a {modality} image, not CT. LungSeg segments CT only.")
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            raise InputError(f"Cannot read {path.name}: {_first_line(exc)}") from exc
+    validate_ct_image(image, path.name)
+    return as_3d(image)
+
+
+def validate_ct_image(image: sitk.Image, name: str = "the image") -> None:
+    """Refuse what cannot be a CT volume: not 3-D, vector/RGB pixels, complex or empty."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{name} has {image.GetNumberOfComponentsPerPixel()} components per pixel "
+                         "(RGB or vector image); a CT has one value per voxel in HU.")
+    dim = image.GetDimension()
+    if dim == 2:
+        raise InputError(f"{name} is a 2-D image ({image.GetSize()}); LungSeg needs a 3-D CT volume "
+                         "(a DICOM series folder, not a single slice).")
+    if dim == 4:
+        size = image.GetSize()
+        if size[3] != 1:
+            raise InputError(f"{name} is 4-D ({size}: a time series?); give one 3-D CT volume.")
+    elif dim != 3:
+        raise InputError(f"{name} has {dim} dimensions; LungSeg needs a 3-D CT volume.")
+    if 0 in image.GetSize():
+        raise InputError(f"{name} has no voxels (size {image.GetSize()}).")
+    if "complex" in image.GetPixelIDTypeAsString():
+        raise InputError(f"{name} has complex pixels; a CT has real values in HU.")
+
+
+def as_3d(image: sitk.Image) -> sitk.Image:
+    """Drop a trailing 4th axis of length 1 (some NIfTI writers add one)."""
+    if image.GetDimension() == 4:
+        size = list(image.GetSize())
+        return sitk.Extract(image, size[:3] + [0], [0, 0, 0, 0])
+    return image
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # ITK messages start with the source location; the useful text is usually last
+    return lines[-1] if lines else type(exc).__name__

@@ -1,0 +1,191 @@
+"""Slice-by-slice inference over a whole volume, in bounded memory, with progress and cancel."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Union
+
+import numpy as np
+
+from .errors import Cancelled, InputError
+from .geometry import Geometry, canonical_orientation
+from .intensity import check_hounsfield
+from .model import LoadedModel
+from .postprocess import LEFT, RIGHT, PostprocessOptions, postprocess, split_by_side
+from .preprocess import resampler_for_volume
+
+ProgressCallback = Callable[[int, int], None]
+CancelFlag = Union[Callable[[], bool], "threading.Event", None]  # noqa: F821
+
+_threads_configured = False
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects CPU affinity / container limits where the OS tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def configure_threads(threads: Optional[int] = None) -> int:
+    """Set TensorFlow's thread pools (once per process, before the first model runs).
+
+    ``threads`` defaults to all cores this process may use. Returns the number set.
+    """
+    global _threads_configured
+    n = int(threads or available_cores())
+    if not _threads_configured:
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(n)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, n))
+        except RuntimeError:
+            pass  # TensorFlow already started (e.g. in a notebook): keep its pools
+        _threads_configured = True
+    return n
+
+
+def _is_cancelled(cancel: CancelFlag) -> bool:
+    if cancel is None:
+        return False
+    if hasattr(cancel, "is_set"):
+        return bool(cancel.is_set())
+    return bool(cancel())
+
+
+@dataclass
+class SegmentationResult:
+    """A labelmap on the input grid (0 background, 1 right lung, 2 left lung) and how it was made."""
+
+    labels: np.ndarray
+    geometry: Geometry
+    timings_s: Dict[str, float] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
+
+    def volumes_ml(self) -> Dict[str, float]:
+        """Lung volumes in mL."""
+        voxel = self.geometry.voxel_volume_ml()
+        counts = np.bincount(self.labels.ravel(), minlength=3)
+        return {"right lung": float(counts[RIGHT] * voxel), "left lung": float(counts[LEFT] * voxel)}
+
+
+class _Predictor:
+    """The model as one compiled function of fixed batch shape (no retracing between batches)."""
+
+    def __init__(self, model: LoadedModel, batch_size: int):
+        import tensorflow as tf
+
+        size = model.spec.size
+        keras_model = model.keras_model
+        self.batch_size = batch_size
+
+        @tf.function(input_signature=[tf.TensorSpec((batch_size, size, size, 1), tf.float32)],
+                     jit_compile=False, reduce_retracing=True)
+        def predict(x):
+            return keras_model(x, training=False)
+
+        self._predict = predict
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        n = batch.shape[0]
+        if n < self.batch_size:
+            batch = np.concatenate([batch, np.zeros((self.batch_size - n,) + batch.shape[1:], batch.dtype)])
+        return self._predict(batch[..., None]).numpy()[:n]
+
+
+_predictors: Dict[tuple, _Predictor] = {}
+
+
+def _predictor(model: LoadedModel, batch_size: int) -> _Predictor:
+    key = (id(model.keras_model), batch_size)
+    if key not in _predictors:
+        _predictors.clear()  # one model at a time: do not keep old graphs alive
+        _predictors[key] = _Predictor(model, batch_size)
+    return _predictors[key]
+
+
+def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
+                  batch_size: int = 8, postprocess_options: Optional[PostprocessOptions] = PostprocessOptions(),
+                  check_hu: bool = True, progress: Optional[ProgressCallback] = None,
+                  cancel: CancelFlag = None) -> SegmentationResult:
+    """Segment the lungs in a CT volume.
+
+    Args:
+        volume: ``[k, j, i]`` array in HU (any integer or float dtype); never modified.
+        geometry: its voxel grid (spacing in mm, LPS origin and direction).
+        model: from :func:`LungSegLib.model.load_model`.
+        batch_size: slices per model call; memory grows with it (about 3 MB per slice).
+        postprocess_options: clean-up steps, or None for the raw network output.
+        check_hu: refuse inputs that do not look like Hounsfield units.
+        progress: called with (slices done, total) after every batch; reaches total once.
+        cancel: a ``threading.Event`` or a callable; checked between batches, raises :class:`Cancelled`.
+
+    Returns:
+        A :class:`SegmentationResult` whose ``labels`` (uint8) lie on exactly the input grid.
+    """
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise InputError(f"Expected a 3-D volume, got an array of shape {volume.shape}.")
+    if not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)):
+        raise InputError(f"Expected a numeric CT volume, got dtype {volume.dtype}.")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    timings: Dict[str, float] = {}
+    warnings: List[str] = []
+    t0 = time.perf_counter()
+    if check_hu:
+        check_hounsfield(volume)
+    orientation = canonical_orientation(geometry)
+    if orientation.obliquity_deg > 1.0:
+        warnings.append(f"The volume is oblique by {orientation.obliquity_deg:.1f} degrees: it is segmented "
+                        "on its own slices, taken as the nearest axial orientation.")
+    canonical = orientation.to_canonical(volume)
+    resampler = resampler_for_volume(canonical, orientation.pixel_spacing_mm, model.spec)
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    canonical_labels = orientation.to_canonical(labels)  # a writable view of `labels`
+    timings["preprocess"] = time.perf_counter() - t0
+
+    predictor = _predictor(model, batch_size)
+    binary = model.n_classes == 1
+    total = canonical.shape[0]
+    t_model = t_map = 0.0
+    for start in range(0, total, batch_size):
+        if _is_cancelled(cancel):
+            raise Cancelled("Segmentation cancelled; nothing was written.")
+        stop = min(total, start + batch_size)
+        t1 = time.perf_counter()
+        x = resampler.to_model(canonical[start:stop])
+        t2 = time.perf_counter()
+        probs = predictor(x)
+        t3 = time.perf_counter()
+        lung = probs if binary else probs[..., 1:]  # background = 1 - the rest
+        back, (rows, cols) = resampler.to_input(lung)
+        if binary:
+            out = (back[..., 0] > 0.5).astype(np.uint8)
+        else:
+            out = np.argmax(np.concatenate([1.0 - back.sum(axis=-1, keepdims=True), back], axis=-1),
+                            axis=-1).astype(np.uint8)
+        canonical_labels[start:stop, rows, cols] = out
+        t_map += (t2 - t1) + (time.perf_counter() - t3)
+        t_model += t3 - t2
+        if progress is not None:
+            progress(stop, total)
+    timings["resample"] = t_map
+    timings["inference"] = t_model
+    if _is_cancelled(cancel):
+        raise Cancelled("Segmentation cancelled; nothing was written.")
+
+    t4 = time.perf_counter()
+    if binary:
+        canonical_labels[...] = split_by_side(canonical_labels > 0)
+    if postprocess_options is not None:
+        work = np.ascontiguousarray(canonical_labels)
+        postprocess(work, postprocess_options)
+        canonical_labels[...] = work
+    timings["postprocess"] = time.perf_counter() - t4
+    if not labels.any():
+        warnings.append("No lung was found in this image.")
+    return SegmentationResult(labels, geometry, timings, warnings)

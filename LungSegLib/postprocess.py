@@ -1,0 +1,149 @@
+"""Post-processing of lung labelmaps on the canonical stack (column index grows to patient left).
+
+All functions take and return uint8 arrays ``[slice, row, column]`` with 0 background, 1 right lung,
+2 left lung, and work on the whole volume at once (SciPy), never slice by slice in Python.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+from scipy import ndimage
+
+RIGHT, LEFT = 1, 2
+_CONNECT_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class PostprocessOptions:
+    """Which clean-up steps to run (all on by default).
+
+    Attributes:
+        keep_largest: per lung keep the largest 3-D component and those at least
+            ``min_component_fraction`` of it; smaller islands that touch the other lung join it,
+            the rest become background.
+        fill_holes: fill enclosed holes (vessels, nodules, dense disease) in each lung, in 3-D and in
+            every axial slice.
+        fix_sides: make sure label 1 is the lung on the patient's right (smaller column index).
+    """
+
+    keep_largest: bool = True
+    fill_holes: bool = True
+    fix_sides: bool = True
+    min_component_fraction: float = 0.1
+
+
+def postprocess(labels: np.ndarray, options: PostprocessOptions = PostprocessOptions()) -> np.ndarray:
+    """Run the chosen steps in place on a canonical labelmap and return it."""
+    if options.keep_largest:
+        keep_main_components(labels, options.min_component_fraction)
+    if options.fix_sides:
+        fix_left_right(labels)
+    if options.fill_holes:
+        fill_lung_holes(labels)
+    return labels
+
+
+def _bbox_slices(mask: np.ndarray, margin: int = 1) -> Tuple[slice, ...]:
+    out = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        out.append(slice(max(0, idx[0] - margin), idx[-1] + 1 + margin))
+    return tuple(out)
+
+
+def keep_main_components(labels: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
+    """Drop stray islands, in place (see :class:`PostprocessOptions`)."""
+    if not labels.any():
+        return labels
+    box = _bbox_slices(labels > 0)
+    sub = labels[box]
+    for lung, other in ((RIGHT, LEFT), (LEFT, RIGHT)):
+        comp, n = ndimage.label(sub == lung, structure=_CONNECT_26)
+        if n <= 1:
+            continue
+        sizes = ndimage.sum_labels(np.ones_like(comp, dtype=np.uint8), comp, index=np.arange(1, n + 1))
+        keep = sizes >= min_fraction * sizes.max()
+        drop_ids = np.flatnonzero(~keep) + 1
+        if drop_ids.size == 0:
+            continue
+        dropped = np.isin(comp, drop_ids)
+        touches_other = ndimage.binary_dilation(sub == other, structure=_CONNECT_26)
+        # islands of this lung lying against the other lung are usually the other lung mislabelled
+        comp_drop, nd = ndimage.label(dropped, structure=_CONNECT_26)
+        touching = ndimage.maximum(touches_other, comp_drop, index=np.arange(1, nd + 1))
+        to_other = np.isin(comp_drop, np.flatnonzero(np.asarray(touching) > 0) + 1)
+        sub[dropped] = 0
+        sub[to_other] = other
+    return labels
+
+
+def fix_left_right(labels: np.ndarray) -> np.ndarray:
+    """Swap labels 1 and 2 in place when the 'right' lung lies to the patient's left of the 'left'."""
+    cols = np.arange(labels.shape[2])
+    centroid = {}
+    for lung in (RIGHT, LEFT):
+        per_col = (labels == lung).sum(axis=(0, 1))
+        if per_col.sum() == 0:
+            return labels
+        centroid[lung] = float((per_col * cols).sum() / per_col.sum())
+    if centroid[RIGHT] > centroid[LEFT]:
+        right = labels == RIGHT
+        labels[labels == LEFT] = RIGHT
+        labels[right] = LEFT
+    return labels
+
+
+def fill_lung_holes(labels: np.ndarray) -> np.ndarray:
+    """Fill holes enclosed by each lung, in 3-D and per axial slice, in place (never over the other lung)."""
+    if not labels.any():
+        return labels
+    box = _bbox_slices(labels > 0)
+    sub = labels[box]
+    for lung in (RIGHT, LEFT):
+        mask = sub == lung
+        if not mask.any():
+            continue
+        filled = ndimage.binary_fill_holes(mask)
+        in_plane = np.zeros((1, 3, 3), dtype=bool)
+        in_plane[0] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
+        filled |= ndimage.binary_fill_holes(mask, structure=in_plane)
+        sub[filled & (sub == 0)] = lung
+    return labels
+
+
+def split_by_side(mask: np.ndarray) -> np.ndarray:
+    """Turn a binary lung mask (canonical) into right (1) / left (2) labels by patient side.
+
+    Each 3-D component goes to the side its centroid is on, relative to the split column; a component
+    that straddles it (lungs touching at the anterior junction) is cut at that column. The split column
+    is the least-filled column between the two halves' lung mass peaks.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    labels = np.zeros(mask.shape, dtype=np.uint8)
+    if not mask.any():
+        return labels
+    profile = mask.sum(axis=(0, 1)).astype(float)
+    cols = np.flatnonzero(profile)
+    centre = (cols[0] + cols[-1]) / 2
+    quarter = (cols[-1] - cols[0]) / 4
+    lo, hi = int(max(cols[0], centre - quarter)), int(min(cols[-1], centre + quarter))
+    split = lo + int(np.argmin(profile[lo:hi + 1])) if hi > lo else int(centre)
+    comp, n = ndimage.label(mask, structure=_CONNECT_26)
+    for c, obj in enumerate(ndimage.find_objects(comp), start=1):
+        if obj is None:
+            continue
+        part = comp[obj] == c
+        col_idx = np.arange(obj[2].start, obj[2].stop)
+        per_col = part.sum(axis=(0, 1))
+        side_left = (per_col * col_idx).sum() / per_col.sum() > split
+        left_share = per_col[col_idx > split].sum() / per_col.sum()
+        region = labels[obj]
+        if 0.2 < left_share < 0.8:
+            col_label = np.where(col_idx > split, LEFT, RIGHT).astype(np.uint8)
+            region[part] = np.broadcast_to(col_label, part.shape)[part]
+        else:
+            region[part] = LEFT if side_left else RIGHT
+    return labels
