@@ -1,0 +1,186 @@
+"""Reading CT: every file format SimpleITK reads, DICOM series, and clear refusals of what is not a CT."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LungSegLib.errors import InputError
+from LungSegLib.imageio import as_3d, read_ct, validate_ct_image
+
+CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"
+MR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def small_ct(shape=(4, 5, 6)) -> sitk.Image:
+    rng = np.random.default_rng(0)
+    image = sitk.GetImageFromArray(rng.integers(-1024, 1500, size=shape).astype(np.int16))
+    image.SetSpacing((0.7, 0.8, 2.5))
+    image.SetOrigin((-12.5, 30.0, -200.0))
+    image.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))
+    return image
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii", ".nii.gz", ".mha", ".mhd"])
+def test_reads_every_volume_format_with_its_geometry(tmp_path, suffix):
+    image = small_ct()
+    path = tmp_path / f"ct{suffix}"
+    sitk.WriteImage(image, str(path))
+    back = read_ct(path)
+    assert back.GetDimension() == 3
+    assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+    assert np.allclose(back.GetSpacing(), image.GetSpacing(), atol=1e-5)
+    assert np.allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    assert np.allclose(back.GetDirection(), image.GetDirection(), atol=1e-5)
+
+
+def test_trailing_singleton_time_axis_is_dropped(tmp_path):
+    volume = np.zeros((1, 4, 5, 6), np.int16)  # t, k, j, i
+    volume[0, 1, 2, 3] = 77
+    image = sitk.GetImageFromArray(volume, isVector=False)
+    path = tmp_path / "ct4d.nii.gz"
+    sitk.WriteImage(image, str(path))
+    back = read_ct(path)
+    assert back.GetDimension() == 3 and back.GetSize() == (6, 5, 4)
+    assert sitk.GetArrayViewFromImage(back)[1, 2, 3] == 77
+
+
+# --- DICOM ----------------------------------------------------------------------------------------
+def write_series(folder, hu: np.ndarray, series_uid: str, *, modality: str = "CT", slope: float = 1.0,
+                 intercept: float = -1024.0, spacing=(0.75, 0.75, 2.5), origin=(-100.0, -120.0, -50.0),
+                 seed: int = 0) -> None:
+    """Write ``hu`` ([k, j, i]) as a DICOM series with SimpleITK, one file per slice.
+
+    File names and instance numbers are shuffled, so only the Image Position (Patient) tells the slice
+    order. GDCM stores (HU − intercept) / slope and writes the rescale tags.
+    """
+    folder.mkdir(exist_ok=True)
+    order = list(range(hu.shape[0]))
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    sop_class = CT_SOP_CLASS if modality == "CT" else MR_SOP_CLASS
+    for n, k in enumerate(order):
+        image = sitk.GetImageFromArray(hu[k])
+        image.SetSpacing(spacing[:2])
+        position = (origin[0], origin[1], origin[2] + k * spacing[2])
+        tags = {
+            "0008|0060": modality, "0008|0016": sop_class, "0008|0018": f"{series_uid}.{k + 1}",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.9", "0020|000e": series_uid,
+            "0020|0032": "\\".join(f"{v:g}" for v in position), "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0013": str(n + 1), "0018|0050": f"{spacing[2]:g}",
+            "0028|1052": f"{intercept:g}", "0028|1053": f"{slope:g}",
+        }
+        for key, value in tags.items():
+            image.SetMetaData(key, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"IMG{rng.randrange(10**6):06d}_{n}.dcm"))
+        writer.Execute(image)
+
+
+def test_dicom_series_sorted_by_position_with_rescale_applied(tmp_path):
+    import pydicom
+
+    hu = (np.arange(7 * 6 * 5).reshape(7, 6, 5) * 4 - 1000).astype(np.int16)  # even: slope 2 is exact
+    write_series(tmp_path / "series", hu, "1.2.826.0.1.3680043.2.1125.1.1", slope=2.0, intercept=-1024.0)
+    image = read_ct(tmp_path / "series")
+    assert image.GetSize() == (5, 6, 7)
+    assert np.allclose(image.GetSpacing(), (0.75, 0.75, 2.5))
+    assert np.allclose(image.GetOrigin(), (-100.0, -120.0, -50.0))
+    assert np.array_equal(sitk.GetArrayFromImage(image), hu)
+    # the files really hold stored values, not HU: the reader applied slope and intercept
+    stored = pydicom.dcmread(next((tmp_path / "series").iterdir()))
+    assert float(stored.RescaleSlope) == 2.0 and float(stored.RescaleIntercept) == -1024.0
+    assert stored.pixel_array.min() >= 0
+
+
+def test_dicom_folder_picks_the_largest_ct_series(tmp_path):
+    folder = tmp_path / "study"
+    big = np.full((6, 4, 4), -500, np.int16)
+    small = np.full((3, 4, 4), 100, np.int16)
+    mr = np.full((9, 4, 4), 300, np.int16)
+    write_series(folder, small, "1.2.826.0.1.3680043.2.1125.2.1", seed=1)
+    write_series(folder, big, "1.2.826.0.1.3680043.2.1125.2.2", seed=2)
+    write_series(folder, mr, "1.2.826.0.1.3680043.2.1125.2.3", modality="MR", intercept=0, seed=3)
+    image = read_ct(folder)
+    assert image.GetSize()[2] == 6  # not the 9-slice MR, not the 3-slice CT
+    assert np.all(sitk.GetArrayViewFromImage(image) == -500)
+
+
+def test_dicom_folder_without_ct_is_refused_naming_the_modality(tmp_path):
+    write_series(tmp_path / "mr", np.full((4, 4, 4), 300, np.int16), "1.2.826.0.1.3680043.2.1125.3.1",
+                 modality="MR", intercept=0)
+    with pytest.raises(InputError, match=r"no CT series.*MR"):
+        read_ct(tmp_path / "mr")
+
+
+def test_single_file_with_non_ct_modality_is_refused(tmp_path):
+    image = sitk.GetImageFromArray(np.zeros((3, 4, 5), np.int16))
+    image.SetMetaData("0008|0060", "MR")
+    path = tmp_path / "mr.nrrd"
+    sitk.WriteImage(image, str(path))
+    with pytest.raises(InputError, match="MR image, not CT"):
+        read_ct(path)
+
+
+# --- refusals -------------------------------------------------------------------------------------
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_ct(tmp_path / "nothing.nrrd")
+
+
+def test_empty_file_is_refused(tmp_path):
+    path = tmp_path / "empty.nrrd"
+    path.touch()
+    with pytest.raises(InputError, match="empty file"):
+        read_ct(path)
+
+
+def test_unreadable_file_is_refused(tmp_path):
+    path = tmp_path / "notes.nrrd"
+    path.write_text("this is not an image\n")
+    with pytest.raises(InputError, match="Cannot read notes.nrrd"):
+        read_ct(path)
+
+
+def test_folder_without_dicom_is_refused(tmp_path):
+    (tmp_path / "readme.txt").write_text("no images here")
+    with pytest.raises(InputError, match="without a DICOM image series"):
+        read_ct(tmp_path)
+
+
+def test_2d_image_is_refused(tmp_path):
+    path = tmp_path / "slice.nrrd"
+    sitk.WriteImage(sitk.Image(8, 8, sitk.sitkInt16), str(path))
+    with pytest.raises(InputError, match="2-D image"):
+        read_ct(path)
+
+
+def test_rgb_image_is_refused(tmp_path):
+    path = tmp_path / "rgb.nrrd"
+    sitk.WriteImage(sitk.Image([6, 5, 4], sitk.sitkVectorUInt8, 3), str(path))
+    with pytest.raises(InputError, match="3 components per pixel"):
+        read_ct(path)
+
+
+def test_4d_time_series_is_refused(tmp_path):
+    path = tmp_path / "dynamic.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 4, 5, 6), np.int16), isVector=False), str(path))
+    with pytest.raises(InputError, match="4-D"):
+        read_ct(path)
+
+
+def test_validate_refuses_in_memory_images_too():
+    with pytest.raises(InputError, match="2-D"):
+        validate_ct_image(sitk.Image(4, 4, sitk.sitkFloat32))
+    with pytest.raises(InputError, match="complex"):
+        validate_ct_image(sitk.Image(4, 4, 4, sitk.sitkComplexFloat32))
+    with pytest.raises(InputError, match="4-D"):
+        validate_ct_image(sitk.Image([4, 4, 4, 2], sitk.sitkInt16))
+    validate_ct_image(sitk.Image(4, 4, 4, sitk.sitkInt16))
+    one_frame = sitk.Image([6, 5, 4, 1], sitk.sitkInt16)
+    validate_ct_image(one_frame)
+    assert as_3d(one_frame).GetSize() == (6, 5, 4)
+    assert as_3d(sitk.Image(4, 4, 4, sitk.sitkInt16)).GetDimension() == 3
