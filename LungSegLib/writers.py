@@ -111,7 +111,10 @@ def write_labelmap(labels: np.ndarray, geometry: Geometry, path: os.PathLike, *,
     """
     path = Path(path)
     fmt = check_output_path(path, overwrite, fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"Cannot create the folder for {path}: {exc.strerror or exc}") from exc
     image = labelmap_image(labels, geometry)
     if fmt == "seg.nrrd":
         for key, value in _segmentation_metadata(image, labels).items():
