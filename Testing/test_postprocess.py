@@ -1,0 +1,106 @@
+"""Post-processing on the canonical stack: islands, holes, side fixes and splitting a binary mask by side."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from LungSegLib.postprocess import (LEFT, RIGHT, PostprocessOptions, fill_lung_holes, fix_left_right,
+                                    keep_main_components, postprocess, split_by_side)
+
+
+def two_lungs(shape=(12, 40, 60)) -> np.ndarray:
+    """Canonical labels: right lung (1) at small columns, left lung (2) at large columns."""
+    labels = np.zeros(shape, np.uint8)
+    labels[2:10, 8:32, 6:26] = RIGHT
+    labels[2:10, 8:32, 34:54] = LEFT
+    return labels
+
+
+def test_stray_islands_are_dropped_and_big_parts_kept():
+    labels = two_lungs()
+    labels[0, 0:2, 0:2] = RIGHT          # a speck far from everything
+    labels[11, 36:39, 56:59] = LEFT       # another
+    big_part = np.zeros_like(labels, bool)
+    big_part[2:10, 34:40, 8:24] = True    # a separate right-lung part, 20 % of the main one
+    labels[big_part] = RIGHT
+    out = keep_main_components(labels.copy())
+    assert out[0, 0, 0] == 0 and out[11, 37, 57] == 0
+    assert np.all(out[big_part] == RIGHT)
+    assert (out == RIGHT).sum() == 8 * 24 * 20 + big_part.sum()
+    assert (out == LEFT).sum() == 8 * 24 * 20
+
+
+def test_small_island_touching_the_other_lung_joins_it():
+    labels = two_lungs()
+    labels[4:6, 12:14, 54] = RIGHT  # a mislabelled sliver on the left lung's outer edge
+    out = keep_main_components(labels.copy())
+    assert np.all(out[4:6, 12:14, 54] == LEFT)
+    assert (out == RIGHT).sum() == 8 * 24 * 20
+
+
+def test_swapped_sides_are_fixed():
+    labels = two_lungs()
+    swapped = np.where(labels == RIGHT, LEFT, np.where(labels == LEFT, RIGHT, 0)).astype(np.uint8)
+    assert np.array_equal(fix_left_right(swapped), labels)
+    one_lung = np.where(labels == LEFT, LEFT, 0).astype(np.uint8)
+    assert np.array_equal(fix_left_right(one_lung.copy()), one_lung)  # nothing to compare with
+
+
+def test_enclosed_and_in_plane_holes_are_filled_but_not_over_the_other_lung():
+    labels = two_lungs()
+    labels[5, 15:18, 12:15] = 0            # a nodule enclosed in 3-D
+    labels[2:10, 20:23, 18:21] = 0         # a vessel running through all lung slices (open in z)
+    labels[2:10, 24:27, 40:43] = RIGHT     # the other lung's label inside the left lung stays
+    out = fill_lung_holes(labels.copy())
+    assert np.all(out[5, 15:18, 12:15] == RIGHT)
+    assert np.all(out[2:10, 20:23, 18:21] == RIGHT)
+    assert np.all(out[2:10, 24:27, 40:43] == RIGHT)
+    assert np.all(out[:, :, 26:34] == 0)   # the gap between the lungs is not a hole
+
+
+@pytest.mark.parametrize("options", [
+    PostprocessOptions(keep_largest=False),
+    PostprocessOptions(fill_holes=False),
+    PostprocessOptions(fix_sides=False),
+    PostprocessOptions(False, False, False),
+])
+def test_each_step_can_be_turned_off(options):
+    labels = two_lungs()
+    labels[0, 0, 0] = RIGHT          # speck
+    labels[5, 15:18, 12:15] = 0      # hole
+    swapped = np.where(labels == RIGHT, LEFT, np.where(labels == LEFT, RIGHT, 0)).astype(np.uint8)
+    out = postprocess(swapped.copy(), options)
+    right_label = RIGHT if options.fix_sides else LEFT
+    assert (out[0, 0, 0] == 0) == options.keep_largest
+    assert np.all(out[5, 15:18, 12:15] == (right_label if options.fill_holes else 0))
+    assert out[5, 20, 10] == right_label
+
+
+def test_postprocess_works_in_place_and_on_empty_or_single_slice_volumes():
+    labels = two_lungs()
+    labels[0, 0, 0] = RIGHT
+    assert postprocess(labels) is labels and labels[0, 0, 0] == 0
+    empty = np.zeros((3, 5, 5), np.uint8)
+    assert not postprocess(empty).any()
+    one = two_lungs()[4:5]
+    assert np.array_equal(postprocess(one.copy()), one)
+
+
+def test_split_by_side_separate_lungs():
+    labels = two_lungs()
+    assert np.array_equal(split_by_side(labels > 0), labels)
+    assert not split_by_side(np.zeros((2, 3, 4), bool)).any()
+
+
+def test_split_by_side_cuts_lungs_touching_at_the_anterior_junction():
+    labels = two_lungs()
+    mask = labels > 0
+    mask[2:10, 8:12, 26:34] = True  # a bridge: one 3-D component
+    out = split_by_side(mask)
+    assert np.array_equal(out > 0, mask)
+    assert np.all(out[labels == RIGHT] == RIGHT) and np.all(out[labels == LEFT] == LEFT)
+    bridge = out[2:10, 8:12, 26:34]
+    assert (bridge == RIGHT).any() and (bridge == LEFT).any()
+    cols_r = np.argwhere(out == RIGHT)[:, 2]
+    cols_l = np.argwhere(out == LEFT)[:, 2]
+    assert cols_r.max() < cols_l.min()  # one cut column between the sides
