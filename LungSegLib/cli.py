@@ -82,6 +82,139 @@ def _run_segment(args) -> int:
     return 0
 
 
+def _add_evaluate_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="score predicted labelmaps (or a model) against ground-truth cases",
+        description="Compare right/left lung labelmaps with ground truth: Dice, IoU, HD95 and ASSD (mm), "
+                    "volumes (mL) per case and lung, a right/left swap check, and mean ± SD over cases. "
+                    "PRED_OR_MODEL is a folder of predictions named after the cases (<case>.seg.nrrd, "
+                    "<case>.nrrd, <case>.nii.gz or <case>/label.nrrd), a .keras model with its card, or "
+                    "'bundled' for the bundled model; a model is run on each case's CT. GROUND_TRUTH_DIR "
+                    "holds one folder per case with ct.nrrd and label.nrrd (0/1/2) and optionally "
+                    "info.json, whose suspect_slices_label_z are left out.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("prediction", metavar="PRED_OR_MODEL",
+                   help="prediction folder, .keras model file, or 'bundled'")
+    p.add_argument("ground_truth", metavar="GROUND_TRUTH_DIR", help="folder of ground-truth case folders")
+    p.add_argument("--out", metavar="DIR", help="write evaluation.csv, evaluation.json and evaluation.png here")
+    p.add_argument("--cases", nargs="+", metavar="CASE", help="evaluate only these cases (default: all)")
+    p.add_argument("--save-predictions", action="store_true",
+                   help="with a model: also write each prediction to DIR/predictions/<case>.seg.nrrd")
+    p.add_argument("--batch-size", type=int, default=8, help="with a model: slices per network call")
+    p.add_argument("--threads", type=int, default=None, help="with a model: CPU threads (default: all)")
+    p.add_argument("--no-postprocess", action="store_true", help="with a model: keep the raw network output")
+    p.add_argument("--overwrite", action="store_true", help="replace existing reports in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from . import evaluate
+    from .errors import InputError
+
+    source = args.prediction
+    use_model = source == "bundled" or source.lower().endswith(".keras")
+    if not use_model and not Path(source).is_dir():
+        raise InputError(f"{source} is neither a prediction folder nor a .keras model (or 'bundled').")
+    if args.save_predictions and not (use_model and args.out):
+        raise SystemExit("lungseg evaluate: error: --save-predictions needs a model and --out")
+    if args.batch_size < 1:
+        raise SystemExit("lungseg evaluate: error: --batch-size must be at least 1")
+    if args.out:
+        evaluate.check_outputs(args.out, args.overwrite)  # fail before any work
+    cases = evaluate.find_cases(args.ground_truth, args.cases)
+    bar = tqdm(total=len(cases) if not use_model else None, unit="case" if not use_model else "slice",
+               desc="Evaluating", disable=args.quiet, file=sys.stderr)
+    try:
+        if use_model:
+            from .api import LungSegmenter
+
+            save_dir = Path(args.out) / "predictions" if args.save_predictions else None
+            if save_dir is not None and not args.overwrite:
+                taken = [c.name for c in cases if (save_dir / f"{c.name}.seg.nrrd").exists()]
+                if taken:
+                    from .errors import OutputError
+
+                    raise OutputError(f"{save_dir} already holds predictions for {', '.join(taken)}; "
+                                      "pass --overwrite to replace them.")
+            segmenter = LungSegmenter(None if source == "bundled" else source, batch_size=args.batch_size,
+                                      threads=args.threads, postprocess=not args.no_postprocess)
+            if segmenter.model.is_placeholder and not args.quiet:
+                print("warning: the bundled model is a placeholder, not a trained model: scores are not "
+                      "meaningful", file=sys.stderr)
+
+            def progress(done: int, total: int) -> None:
+                if bar.total != total:
+                    bar.reset(total=total)
+                bar.update(done - bar.n)
+
+            report, worst = evaluate.evaluate_model(
+                segmenter, args.ground_truth, args.cases, on_case=bar.set_description, progress=progress,
+                save_dir=save_dir, overwrite=args.overwrite)
+        else:
+            started: List[str] = []
+
+            def next_case(name: str) -> None:
+                if started:
+                    bar.update(1)
+                started.append(name)
+                bar.set_description(name)
+
+            report, worst = evaluate.evaluate_predictions(source, args.ground_truth, args.cases,
+                                                          on_case=next_case)
+            bar.update(len(cases) - bar.n)
+    finally:
+        bar.close()
+    if not args.quiet:
+        print(evaluate.format_table(report))
+    if args.out:
+        paths = evaluate.write_reports(report, worst, args.out, overwrite=args.overwrite)
+        if not args.quiet:
+            print("Wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _add_import_rt_parser(sub) -> None:
+    from .rtstruct import DEFAULT_LEFT_NAMES, DEFAULT_LUNG_NAMES, DEFAULT_RIGHT_NAMES
+
+    p = sub.add_parser(
+        "import-rt", help="convert a DICOM CT series + RTSTRUCT into ct.nrrd + label.nrrd (a training case)",
+        description="Rasterise the lung contours of a radiotherapy structure set onto its CT: writes "
+                    "OUT_CASE_DIR/ct.nrrd (HU), label.nrrd (0 background, 1 right lung, 2 left lung) and "
+                    "info.json (which structures were used or ignored, volumes, skipped contours). "
+                    "Structure names are matched case-insensitively; a single structure for both lungs "
+                    "is split into sides by patient position. Needs pydicom (pip install 'lungseg[train]').",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dicom_ct_dir", metavar="DICOM_CT_DIR", help="folder with the CT series")
+    p.add_argument("rtstruct", metavar="RTSTRUCT_FILE", help="the RTSTRUCT DICOM file")
+    p.add_argument("out_case_dir", metavar="OUT_CASE_DIR", help="case folder to create")
+    p.add_argument("--right-names", nargs="+", metavar="NAME", default=list(DEFAULT_RIGHT_NAMES),
+                   help="structure names of the right lung (default: %(default)s)")
+    p.add_argument("--left-names", nargs="+", metavar="NAME", default=list(DEFAULT_LEFT_NAMES),
+                   help="structure names of the left lung (default: %(default)s)")
+    p.add_argument("--lung-names", nargs="+", metavar="NAME", default=list(DEFAULT_LUNG_NAMES),
+                   help="structure names of both lungs together, used when no side-specific structure "
+                        "matches (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files in OUT_CASE_DIR")
+    p.add_argument("--quiet", action="store_true", help="no report on the terminal")
+    p.set_defaults(func=_run_import_rt)
+
+
+def _run_import_rt(args) -> int:
+    from .rtstruct import RoiNames, import_rtstruct
+
+    report = import_rtstruct(args.dicom_ct_dir, args.rtstruct, args.out_case_dir,
+                             RoiNames(args.right_names, args.left_names, args.lung_names),
+                             overwrite=args.overwrite)
+    if not args.quiet:
+        print(report.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lungseg", description="Right/left lung segmentation of chest CT (LungSeg).",
@@ -89,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lungseg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_segment_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_import_rt_parser(sub)
     return parser
 
 
