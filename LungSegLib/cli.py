@@ -193,12 +193,12 @@ def _add_import_rt_parser(sub) -> None:
     p.add_argument("rtstruct", metavar="RTSTRUCT_FILE", help="the RTSTRUCT DICOM file")
     p.add_argument("out_case_dir", metavar="OUT_CASE_DIR", help="case folder to create")
     p.add_argument("--right-names", nargs="+", metavar="NAME", default=list(DEFAULT_RIGHT_NAMES),
-                   help="structure names of the right lung (default: %(default)s)")
+                   help="structure names of the right lung (default: " + ", ".join(DEFAULT_RIGHT_NAMES) + ")")
     p.add_argument("--left-names", nargs="+", metavar="NAME", default=list(DEFAULT_LEFT_NAMES),
-                   help="structure names of the left lung (default: %(default)s)")
+                   help="structure names of the left lung (default: " + ", ".join(DEFAULT_LEFT_NAMES) + ")")
     p.add_argument("--lung-names", nargs="+", metavar="NAME", default=list(DEFAULT_LUNG_NAMES),
                    help="structure names of both lungs together, used when no side-specific structure "
-                        "matches (default: %(default)s)")
+                        "matches (default: " + ", ".join(DEFAULT_LUNG_NAMES) + ")")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in OUT_CASE_DIR")
     p.add_argument("--quiet", action="store_true", help="no report on the terminal")
     p.set_defaults(func=_run_import_rt)

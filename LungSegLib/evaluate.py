@@ -289,17 +289,18 @@ def score_case(pred: np.ndarray, truth: np.ndarray, geometry: Geometry, case: st
 def _stats(values: Sequence[float]) -> Dict[str, Optional[float]]:
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
-        return {"mean": None, "sd": None, "min": None, "max": None, "n": 0,
+        return {"mean": None, "sd": None, "min": None, "max": None, "max_abs": None, "n": 0,
                 "n_undefined": len(values)}
     arr = np.asarray(finite, dtype=float)
     return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
-            "min": float(arr.min()), "max": float(arr.max()), "n": int(arr.size),
+            "min": float(arr.min()), "max": float(arr.max()), "max_abs": float(np.abs(arr).max()),
+            "n": int(arr.size),
             "n_undefined": len(values) - int(arr.size)}
 
 
 def summarise(cases: Sequence[CaseScores]) -> Dict[str, Dict[str, Dict[str, Optional[float]]]]:
-    """Per lung and metric: mean, sample SD, min, max over cases; non-finite values (an empty mask) are
-    left out and counted in ``n_undefined``."""
+    """Per lung and metric: mean, sample SD, min, max, largest magnitude over cases; non-finite values
+    (an empty mask) are left out and counted in ``n_undefined``."""
     out: Dict[str, Dict[str, Dict[str, Optional[float]]]] = {}
     for idx, (_, name) in enumerate(metrics.LUNGS):
         out[name] = {key: _stats([getattr(c.lungs[idx], key) for c in cases]) for key in METRIC_KEYS}
@@ -461,7 +462,8 @@ def _fmt(value: Optional[float], digits: int = 3) -> str:
 
 
 def format_table(report: EvaluationReport) -> str:
-    """A plain-text table: one row per case and lung, then mean ± SD (min) per lung."""
+    """A plain-text table: one row per case and lung, then per lung mean ± SD and the worst case
+    (lowest Dice, largest distance, largest volume error either way)."""
     head = f"{'case':<24} {'lung':<10} {'Dice':>6} {'IoU':>6} {'HD95 mm':>8} {'ASSD mm':>8} " \
            f"{'pred mL':>8} {'GT mL':>8} {'err %':>7}  swap"
     lines = [head, "-" * len(head)]
@@ -480,9 +482,10 @@ def format_table(report: EvaluationReport) -> str:
             if st is None:
                 continue
             extra = f", {st['n_undefined']} undefined" if st["n_undefined"] else ""
-            worst = st["max"] if key != "dice" else st["min"]
+            name, worst = {"dice": ("min", st["min"]), "volume_error_pct": ("max |err|", st["max_abs"])
+                           }.get(key, ("max", st["max"]))
             parts.append(f"{label} {_fmt(st['mean'], digits)} ± {_fmt(st['sd'], digits)} "
-                         f"({'min' if key == 'dice' else 'max'} {_fmt(worst, digits)}{extra})")
+                         f"({name} {_fmt(worst, digits)}{extra})")
         lines.append(f"{lung:<14} " + "; ".join(parts))
     lines.append(f"{len(report.cases)} case(s); worst: {report.worst_case}")
     lines.extend(f"note: {n}" for n in report.notes)
@@ -559,7 +562,7 @@ def figure_png(report: EvaluationReport, worst: WorstCase) -> bytes:
 
     fig = Figure(figsize=(12, 5.5), dpi=100)
     ax = fig.add_subplot(1, 2, 1)
-    names = [c.case for c in report.cases]
+    names = [c.case + (" (R/L swapped?)" if c.swapped else "") for c in report.cases]
     y = np.arange(len(names))
     for idx, (colour, marker) in enumerate((("tab:green", "o"), ("tab:blue", "s"))):
         dice_values = [c.lungs[idx].dice for c in report.cases]
@@ -570,7 +573,7 @@ def figure_png(report: EvaluationReport, worst: WorstCase) -> bytes:
     ax.invert_yaxis()
     ax.set_xlabel("Dice")
     low = min([1.0] + [s.dice for c in report.cases for s in c.lungs])
-    ax.set_xlim(max(0.0, low - 0.05), 1.005)
+    ax.set_xlim(max(-0.02, low - 0.05), 1.01)
     ax.grid(axis="x", alpha=0.4)
     ax.legend(loc="lower left", fontsize=8)
     ax.set_title("Dice per case")
