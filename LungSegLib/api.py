@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
+from .errors import OutputError
 from .geometry import Geometry
 from .imageio import read_ct
 from .inference import (CancelFlag, ProgressCallback, SegmentationResult, configure_threads,
@@ -87,9 +88,10 @@ class LungSegmenter:
         """
         check_output_path(output_path, overwrite, fmt)
         if Path(output_path).resolve() == Path(input_path).resolve():
-            from .errors import OutputError
-
             raise OutputError("The output would replace the input CT; choose another output file.")
+        if overview_path is not None and Path(overview_path).exists() and not overwrite:
+            raise OutputError(f"{overview_path} already exists; LungSeg does not overwrite it unless you "
+                              "pass --overwrite (overwrite=True).")
         t0 = time.perf_counter()
         image = read_ct(input_path)
         t_read = time.perf_counter() - t0

@@ -19,6 +19,17 @@ EXIT_CODES = """exit codes:
 """
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (a usage error, exit code 2, otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _add_segment_parser(sub) -> None:
     p = sub.add_parser(
         "segment", help="segment the lungs in a CT file or DICOM folder",
@@ -30,8 +41,8 @@ def _add_segment_parser(sub) -> None:
     p.add_argument("output", help="output labelmap: .seg.nrrd (3D Slicer segmentation), .nrrd, .nii.gz, "
                                   ".nii or .mha")
     p.add_argument("--model", help="a .keras model with its .json card (default: the bundled model)")
-    p.add_argument("--batch-size", type=int, default=8, help="slices per network call (default 8)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="slices per network call (default 8)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--no-postprocess", action="store_true",
                    help="keep the raw network output (no component clean-up, hole filling or side check)")
     p.add_argument("--format", choices=("seg.nrrd", "nrrd", "nii.gz", "nii", "mha"),
@@ -50,26 +61,26 @@ def _run_segment(args) -> int:
     from .api import LungSegmenter
     from .writers import check_output_path
 
-    if args.batch_size < 1:
-        raise SystemExit("lungseg segment: error: --batch-size must be at least 1")
     check_output_path(args.output, args.overwrite, args.format)  # fail before loading TensorFlow
     segmenter = LungSegmenter(args.model, batch_size=args.batch_size, threads=args.threads,
                               postprocess=not args.no_postprocess, check_hu=not args.no_hu_check)
     if segmenter.model.is_placeholder and not args.quiet:
         print("warning: the bundled model is a placeholder, not a trained model: results are not "
               "meaningful", file=sys.stderr)
-    bar = tqdm(total=None, unit="slice", desc="Segmenting", disable=args.quiet, file=sys.stderr)
+    bars = []  # opened at the first batch, so a refused input shows no empty bar
 
     def progress(done: int, total: int) -> None:
-        if bar.total != total:
-            bar.reset(total=total)
-        bar.update(done - bar.n)
+        if not bars:
+            bars.append(tqdm(total=total, unit="slice", desc="Segmenting", disable=args.quiet,
+                             file=sys.stderr))
+        bars[0].update(done - bars[0].n)
 
     try:
         result = segmenter.segment_file(args.input, args.output, fmt=args.format, overwrite=args.overwrite,
                                         overview_path=args.overview, progress=progress)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     if not args.quiet:
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)

@@ -1,0 +1,271 @@
+"""The `lungseg` command: version, `segment` on a real CT, exit codes and messages for refused input/output."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import LungSegLib
+from LungSegLib.cli import main
+from LungSegLib.geometry import Geometry, centroid_lps
+
+
+def run_cli(args, capsys):
+    """Run ``lungseg ARGS`` in this process (TensorFlow and the models stay loaded); return
+    (exit code, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def lungseg_executable() -> str:
+    beside = Path(sys.executable).with_name("lungseg")
+    found = str(beside) if beside.exists() else shutil.which("lungseg")
+    assert found, "the `lungseg` console script is not installed (pip install -e .)"
+    return found
+
+
+def subprocess_env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+@pytest.fixture(scope="module")
+def phantom_ct(chest_phantom, tmp_path_factory):
+    """A small phantom CT file (HU, air, two lungs)."""
+    shape = (6, 40, 48)
+    geometry = chest_phantom.geometry(shape, (7.0, 6.5, 9.0))
+    image = sitk.GetImageFromArray(chest_phantom.ct(geometry, shape))
+    geometry.apply_to_sitk(image)
+    path = tmp_path_factory.mktemp("cli") / "phantom.nrrd"
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+# --- version / help -------------------------------------------------------------------------------
+def test_console_script_version():
+    proc = subprocess.run([lungseg_executable(), "--version"], capture_output=True, text=True, timeout=120,
+                          env=subprocess_env())
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"lungseg {LungSegLib.__version__}"
+
+
+def test_python_m_version():
+    proc = subprocess.run([sys.executable, "-m", "LungSegLib", "--version"], capture_output=True, text=True,
+                          timeout=120, env=subprocess_env())
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"lungseg {LungSegLib.__version__}"
+
+
+def test_help_documents_the_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for line in ("3    bad input", "4    output problem", "5    model problem", "130  cancelled"):
+        assert line in out
+    for option in ("--model", "--batch-size", "--threads", "--no-postprocess", "--format", "--overwrite",
+                   "--quiet", "--no-hu-check", "--overview"):
+        assert option in out
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    code, _, err = run_cli([], capsys)
+    assert code == 2 and "segment" in err
+
+
+# --- success ----------------------------------------------------------------------------------------
+def test_segment_real_ct_with_the_bundled_model(real_ct_crop, tmp_path):
+    out, png = tmp_path / "lungs.seg.nrrd", tmp_path / "overview.png"
+    proc = subprocess.run([lungseg_executable(), "segment", str(real_ct_crop), str(out), "--overview", str(png)],
+                          capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert proc.returncode == 0, proc.stderr
+    assert f"Wrote {out}" in proc.stdout and "mL" in proc.stdout
+    written, original = sitk.ReadImage(str(out)), sitk.ReadImage(str(real_ct_crop))
+    assert written.GetSize() == original.GetSize()
+    assert np.allclose(written.GetSpacing(), original.GetSpacing(), atol=1e-5)
+    assert np.allclose(written.GetOrigin(), original.GetOrigin(), atol=1e-4)
+    assert np.allclose(written.GetDirection(), original.GetDirection(), atol=1e-6)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from LungSegLib.model import models_dir
+
+    card = json.loads((models_dir() / "lungseg_unet_3class.json").read_text())
+    assert ("placeholder" in proc.stderr) == bool(card.get("placeholder"))
+
+
+def test_segment_real_ct_puts_the_right_lung_on_the_patients_right(real_ct_crop, oracle_model_path, tmp_path,
+                                                                   capsys):
+    out, png = tmp_path / "lungs.nii.gz", tmp_path / "overview.png"
+    code, stdout, err = run_cli(["segment", real_ct_crop, out, "--model", oracle_model_path, "--batch-size", 5,
+                                 "--threads", 2, "--overview", png], capsys)
+    assert code == 0, err
+    assert f"Wrote {png}" in stdout
+    labels_image = sitk.ReadImage(str(out))
+    labels = sitk.GetArrayFromImage(labels_image)
+    geometry = Geometry.from_sitk(labels_image)
+    assert (labels == 1).sum() > 1000 and (labels == 2).sum() > 1000
+    assert centroid_lps(labels == 1, geometry)[0] < centroid_lps(labels == 2, geometry)[0]
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
+
+
+@pytest.mark.parametrize("name, fmt, magic", [("lungs.nrrd", None, b"NRRD"), ("lungs.mha", None, b"ObjectType"),
+                                              ("lungs.lbl", "nrrd", b"NRRD")])
+def test_segment_writes_the_requested_format(phantom_ct, oracle_model_path, tmp_path, capsys, name, fmt, magic):
+    out = tmp_path / name
+    args = ["segment", phantom_ct, out, "--model", oracle_model_path, "--quiet", "--no-postprocess"]
+    if fmt:
+        args += ["--format", fmt]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert stdout == "" and err == ""  # --quiet
+    assert out.read_bytes().startswith(magic)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+# --- refused input: exit code 3 -----------------------------------------------------------------------
+def _write(path: Path, image: sitk.Image) -> Path:
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def _mr_series(folder: Path) -> Path:
+    folder.mkdir()
+    for k in range(3):
+        image = sitk.GetImageFromArray(np.full((8, 8), 200, np.int16))
+        for key, value in {"0008|0060": "MR", "0020|000e": "1.2.826.0.1.3680043.2.1125.7.1",
+                           "0020|0032": f"0\\0\\{k * 2.0}", "0020|0037": "1\\0\\0\\0\\1\\0",
+                           "0008|0016": "1.2.840.10008.5.1.4.1.1.4"}.items():
+            image.SetMetaData(key, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"{k}.dcm"))
+        writer.Execute(image)
+    return folder
+
+
+def _bad_input(kind: str, folder: Path) -> Path:
+    if kind == "missing":
+        return folder / "missing.nrrd"
+    if kind == "empty":
+        (folder / "empty.nii.gz").touch()
+        return folder / "empty.nii.gz"
+    if kind == "2d":
+        return _write(folder / "slice.nrrd", sitk.Image(32, 32, sitk.sitkInt16))
+    if kind == "rgb":
+        return _write(folder / "rgb.mha", sitk.Image([8, 8, 4], sitk.sitkVectorUInt8, 3))
+    if kind == "4d":
+        return _write(folder / "dynamic.nii.gz",
+                      sitk.GetImageFromArray(np.zeros((2, 4, 8, 8), np.int16), isVector=False))
+    if kind == "mr file":
+        image = sitk.GetImageFromArray(np.full((4, 8, 8), 300, np.int16))
+        image.SetMetaData("0008|0060", "MR")
+        return _write(folder / "mr.nrrd", image)
+    if kind == "mr series":
+        return _mr_series(folder / "mr_series")
+    if kind == "no dicom":
+        (folder / "docs").mkdir()
+        (folder / "docs" / "notes.txt").write_text("nothing")
+        return folder / "docs"
+    if kind == "not hu":
+        rng = np.random.default_rng(0)
+        return _write(folder / "raw.nrrd", sitk.GetImageFromArray(rng.integers(0, 4096, (4, 16, 16)).astype(np.uint16)))
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "Input not found"),
+    ("empty", "empty file"),
+    ("2d", "2-D image"),
+    ("rgb", "RGB or vector"),
+    ("4d", "4-D"),
+    ("mr file", "MR image, not CT"),
+    ("mr series", "no CT series"),
+    ("no dicom", "without a DICOM image series"),
+    ("not hu", "rescale intercept"),
+])
+def test_refused_input_exits_3_with_a_clear_message(oracle_model_path, tmp_path, capsys, kind, message):
+    source = _bad_input(kind, tmp_path)
+    out = tmp_path / "out" / "lungs.seg.nrrd"
+    code, _, err = run_cli(["segment", source, out, "--model", oracle_model_path], capsys)
+    assert code == 3
+    assert err.startswith("lungseg: error: ") and message in err
+    assert not out.exists()
+
+
+def test_no_hu_check_overrides_the_refusal(oracle_model_path, tmp_path, capsys):
+    source = _bad_input("not hu", tmp_path)
+    code, _, err = run_cli(["segment", source, tmp_path / "lungs.nrrd", "--model", oracle_model_path,
+                            "--no-hu-check", "--quiet"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "lungs.nrrd").is_file()
+
+
+# --- refused output: exit code 4 ----------------------------------------------------------------------
+def test_existing_output_exits_4_and_is_untouched(phantom_ct, oracle_model_path, tmp_path, capsys):
+    out = tmp_path / "lungs.seg.nrrd"
+    out.write_bytes(b"keep me")
+    code, _, err = run_cli(["segment", phantom_ct, out, "--model", oracle_model_path], capsys)
+    assert code == 4 and "already exists" in err and "--overwrite" in err
+    assert out.read_bytes() == b"keep me"
+    code, _, err = run_cli(["segment", phantom_ct, out, "--model", oracle_model_path, "--overwrite", "--quiet"],
+                           capsys)
+    assert code == 0, err
+    assert sitk.ReadImage(str(out)).GetSize() == sitk.ReadImage(str(phantom_ct)).GetSize()
+
+
+def test_existing_overview_exits_4_and_is_untouched(phantom_ct, oracle_model_path, tmp_path, capsys):
+    out, png = tmp_path / "lungs.nrrd", tmp_path / "overview.png"
+    png.write_bytes(b"old picture")
+    code, _, err = run_cli(["segment", phantom_ct, out, "--model", oracle_model_path, "--overview", png], capsys)
+    assert code == 4 and "overview.png" in err
+    assert png.read_bytes() == b"old picture" and not out.exists()
+
+
+@pytest.mark.parametrize("name", ["lungs.png", "lungs"])
+def test_unknown_output_extension_exits_4(phantom_ct, oracle_model_path, tmp_path, capsys, name):
+    code, _, err = run_cli(["segment", phantom_ct, tmp_path / name, "--model", oracle_model_path], capsys)
+    assert code == 4 and "Cannot tell the output format" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_replacing_the_input_exits_4(phantom_ct, oracle_model_path, tmp_path, capsys):
+    source = tmp_path / "ct.nrrd"
+    shutil.copy(phantom_ct, source)
+    before = source.read_bytes()
+    code, _, err = run_cli(["segment", source, source, "--model", oracle_model_path, "--overwrite"], capsys)
+    assert code == 4 and "replace the input" in err
+    assert source.read_bytes() == before
+
+
+# --- model problems: exit code 5; usage: exit code 2 ----------------------------------------------------
+def test_missing_model_exits_5(phantom_ct, tmp_path, capsys):
+    code, _, err = run_cli(["segment", phantom_ct, tmp_path / "l.nrrd", "--model", tmp_path / "none.keras"], capsys)
+    assert code == 5 and "Model file not found" in err
+
+
+def test_model_with_wrong_checksum_exits_5(phantom_ct, oracle_model_path, tmp_path, capsys):
+    model = tmp_path / "oracle.keras"
+    shutil.copy(oracle_model_path, model)
+    card = json.loads(oracle_model_path.with_suffix(".json").read_text())
+    card["sha256"] = "0" * 64
+    model.with_suffix(".json").write_text(json.dumps(card))
+    code, _, err = run_cli(["segment", phantom_ct, tmp_path / "l.nrrd", "--model", model], capsys)
+    assert code == 5 and "Checksum mismatch" in err
+    assert not (tmp_path / "l.nrrd").exists()
+
+
+@pytest.mark.parametrize("option", [["--batch-size", "0"], ["--threads", "-1"], ["--format", "png"]])
+def test_bad_option_values_are_usage_errors(phantom_ct, tmp_path, capsys, option):
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", str(phantom_ct), str(tmp_path / "l.nrrd")] + option)
+    assert exc.value.code == 2
+    assert option[0] in capsys.readouterr().err
