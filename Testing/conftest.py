@@ -215,7 +215,8 @@ def real_ct_crop(real_ct_path, tmp_path_factory) -> Path:
     label_path = real_ct_path.with_name("label.nrrd")
     nz = image.GetSize()[2]
     if label_path.is_file():
-        lung_slices = np.flatnonzero(sitk.GetArrayViewFromImage(sitk.ReadImage(str(label_path))).any(axis=(1, 2)))
+        label = sitk.ReadImage(str(label_path))  # keep the image alive while its array view is used
+        lung_slices = np.flatnonzero(sitk.GetArrayViewFromImage(label).any(axis=(1, 2)))
         middle = int(np.median(lung_slices)) if lung_slices.size else nz // 2
     else:
         middle = nz // 2
@@ -225,3 +226,76 @@ def real_ct_crop(real_ct_path, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("real") / "ct_crop.nrrd"
     sitk.WriteImage(small, str(path), useCompression=True)
     return path
+
+
+# --- the shipped sample CT and 3D Slicer's MRML scene (slicer-core wheel) ---------------------------
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_CT = REPO_ROOT / "Resources" / "SampleData" / "ACRIN-FLT-Breast-001_chest.nrrd"
+
+
+@pytest.fixture(scope="session")
+def sample_ct_crop(tmp_path_factory) -> Path:
+    """8 slices from the middle of the shipped sample CT (all its slices hold lung), at half its
+    in-plane resolution (128 x 128 at 3.9 mm): real HU and patient geometry, about 0.3 MB."""
+    import SimpleITK as sitk
+
+    if not SAMPLE_CT.is_file():
+        pytest.skip(f"sample CT not shipped: {SAMPLE_CT}")
+    image = sitk.ReadImage(str(SAMPLE_CT))
+    start = max(0, image.GetSize()[2] // 2 - 4)
+    small = sitk.BinShrink(image[:, :, start:start + 8], [2, 2, 1])
+    path = tmp_path_factory.mktemp("sample") / "sample_ct_crop.nrrd"
+    sitk.WriteImage(small, str(path))
+    return path
+
+
+class MRMLApp:
+    """A Slicer application without Qt: scene, application logic and the module logics that
+    segmentation, volume and subject-hierarchy code needs (as 3D Slicer registers them at startup)."""
+
+    def __init__(self) -> None:
+        import slicer
+        from vtkmodules.vtkCommonCore import vtkCollection
+
+        self.scene = slicer.vtkMRMLScene()
+        self.app_logic = slicer.vtkSlicerApplicationLogic()
+        self.app_logic.SetMRMLScene(self.scene)
+        self.app_logic.GetColorLogic().SetMRMLScene(self.scene)
+        self.app_logic.GetColorLogic().AddDefaultColorNodes()
+        self.app_logic.SetSliceLogics(vtkCollection())
+        self.app_logic.SetViewLogics(vtkCollection())
+        # Terminologies is left out: its logic needs the terminology JSON files of a Slicer install,
+        # which the wheel does not ship (segments keep their terminology tags without it).
+        self.logics = {}
+        for name, cls in (("Colors", slicer.vtkMRMLColorLogic), ("Volumes", slicer.vtkSlicerVolumesLogic),
+                          ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+                          ("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic)):
+            logic = cls()
+            logic.SetMRMLApplicationLogic(self.app_logic)
+            logic.SetMRMLScene(self.scene)
+            self.app_logic.SetModuleLogic(name, logic)
+            self.logics[name] = logic
+
+    def load_volume(self, path: Path, name: str = "CT"):
+        """A scalar volume node read by Slicer's own volume reader (as File > Add Data does)."""
+        node = self.logics["Volumes"].AddArchetypeVolume(str(path), name)
+        assert node is not None, f"Slicer could not read {path}"
+        return node
+
+    def node_ids(self) -> set:
+        return {self.scene.GetNthNode(i).GetID() for i in range(self.scene.GetNumberOfNodes())}
+
+
+@pytest.fixture
+def mrml_app():
+    """A fresh :class:`MRMLApp`; ``slicer.mrmlScene`` points at its scene during the test, as in Slicer."""
+    slicer = pytest.importorskip("slicer", reason="the slicer-core wheel is not installed")
+    app = MRMLApp()
+    previous = getattr(slicer, "mrmlScene", None)
+    slicer.mrmlScene = app.scene
+    yield app
+    app.scene.Clear(1)
+    if previous is None:
+        del slicer.mrmlScene
+    else:
+        slicer.mrmlScene = previous

@@ -1,0 +1,468 @@
+"""LungSeg's Slicer logic: MRML nodes in and out, the network in a worker process (no Qt).
+
+It runs wherever MRML does: in 3D Slicer (its Python console and the module panel) and in plain
+Python with the ``slicer-core`` wheel, which is how the tests drive it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+import LungSegLib
+from LungSegLib.errors import Cancelled, InputError, LungSegError
+from LungSegLib.worker import WorkerError, error_from_event, read_labelmap, worker_command, write_volume
+
+from .process import WorkerProcess, python_executable
+
+#: ``progressCallback(done_slices, total_slices, status_text)``
+ProgressCallback = Callable[[int, int, str], None]
+
+#: The folder that holds the ``LungSegLib`` package (the worker needs it on its PYTHONPATH).
+LIBRARY_ROOT = Path(LungSegLib.__file__).resolve().parent.parent
+#: ``Resources/requirements.txt``, beside ``LungSegLib`` in the repository and in an installed extension.
+REQUIREMENTS_FILE = LIBRARY_ROOT / "Resources" / "requirements.txt"
+#: The segment names LungSeg owns (those of ``LungSegLib.writers.SEGMENTS``, label 1 then 2); other
+#: segments of an output segmentation are never touched.
+SEGMENT_NAMES = ("Right lung", "Left lung")
+
+
+def lung_segments():
+    """Names, colours and terminology of the two segments. Imported on use: the library's writers
+    need SciPy, which Slicer gets only when the user accepts the install on the first Apply."""
+    from LungSegLib.writers import SEGMENTS
+
+    return SEGMENTS
+
+
+def _slicer():
+    import slicer
+
+    return slicer
+
+
+def _matrix_to_numpy(vtk_matrix) -> np.ndarray:
+    return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def volume_ijk_to_ras(volumeNode) -> np.ndarray:
+    """The volume's 4x4 IJK-to-RAS matrix (its own frame, before any parent transform)."""
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(m)
+    return _matrix_to_numpy(m)
+
+
+def volume_array(volumeNode) -> np.ndarray:
+    """A read-only ``[k, j, i]`` view of a scalar volume's voxels (no copy)."""
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    image = volumeNode.GetImageData()
+    dims = image.GetDimensions()
+    view = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1])
+    view.flags.writeable = False
+    return view
+
+
+#: Distributions that all provide the ``tensorflow`` package: any one satisfies a TensorFlow requirement,
+#: so a user's GPU build is not doubled by a CPU build.
+TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tensorflow-intel")
+
+
+def _installed_version(name: str) -> Optional[str]:
+    from importlib import metadata
+
+    names = TENSORFLOW_DISTRIBUTIONS if name.lower() in TENSORFLOW_DISTRIBUTIONS else (name,)
+    for candidate in names:
+        try:
+            return metadata.version(candidate)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def missing_requirements(path: Path = REQUIREMENTS_FILE) -> List[str]:
+    """Requirement lines of ``path`` (for this platform) that this Python does not satisfy.
+
+    Only package metadata is read, nothing is imported, so this is fast and safe from the GUI.
+    """
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # Slicer versions without the standalone package still have pip's copy
+        from pip._vendor.packaging.requirements import Requirement
+    missing = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        version = _installed_version(req.name)
+        if version is None or not req.specifier.contains(version, prereleases=True):
+            missing.append(line)
+    return missing
+
+
+@dataclass
+class SegmentationOutcome:
+    """What a finished run produced and reported."""
+
+    segmentationNode: Any
+    segmentIds: Dict[str, str]
+    labelmapNode: Any = None
+    volumesMl: Dict[str, float] = field(default_factory=dict)
+    timingsS: Dict[str, float] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
+    modelName: str = ""
+    placeholderModel: bool = False
+
+
+class SegmentationTask:
+    """One run: a worker process segmenting a copy of the volume; the scene changes only when it
+    succeeded, in :meth:`poll` (call it from the thread that owns the scene)."""
+
+    def __init__(self, logic: "LungSegLogic", volumeNode, segmentationNode, exportLabelmap: bool, show3D: bool,
+                 progressCallback: Optional[ProgressCallback], workerOptions: Dict[str, Any]):
+        self.logic = logic
+        self.volumeNode = volumeNode
+        self.segmentationNode = segmentationNode
+        self.exportLabelmap = exportLabelmap
+        self.show3D = show3D
+        self.progressCallback = progressCallback
+        self.outcome: Optional[SegmentationOutcome] = None
+        self.error: Optional[LungSegError] = None
+        self.cancelled = False
+        self.done = 0
+        self.total = 0
+        self.status = "Starting"
+        self.doneEvent: Optional[Dict[str, Any]] = None
+        self._errorEvent: Optional[Dict[str, Any]] = None
+        self.modelEvent: Dict[str, Any] = {}
+        self._tempDir = Path(tempfile.mkdtemp(prefix="LungSeg-"))
+        try:
+            self.inputIJKToRAS = volume_ijk_to_ras(volumeNode)
+            self.inputShape = volume_array(volumeNode).shape
+            inputPath = write_volume(volume_array(volumeNode), self.inputIJKToRAS, self._tempDir / "input.nrrd")
+            self._outputPath = self._tempDir / "lungs.nrrd"
+            argv = worker_command(logic.pythonExecutable or python_executable(), inputPath, self._outputPath,
+                                  **workerOptions)
+            self.process = WorkerProcess(argv, env=logic.workerEnvironment(), cwd=str(self._tempDir))
+        except BaseException:
+            self._cleanup()
+            raise
+
+    @property
+    def running(self) -> bool:
+        return self.outcome is None and self.error is None and not self.cancelled
+
+    def _report(self) -> None:
+        if self.progressCallback is not None:
+            self.progressCallback(self.done, self.total, self.status)
+
+    def poll(self) -> bool:
+        """Handle what the worker reported so far; True once the run is over. On success the nodes are
+        in the scene and :attr:`outcome` is set; a failure raises its error (also kept in :attr:`error`)."""
+        if not self.running:
+            return True
+        for event in self.process.events():
+            kind = event["event"]
+            if kind == "progress":
+                self.done, self.total = int(event["done"]), int(event["total"])
+                self.status = f"Segmenting: {self.done} of {self.total} slices"
+                self._report()
+            elif kind == "status":
+                self.status = str(event.get("message", ""))
+                self._report()
+            elif kind == "model":
+                self.modelEvent = event
+            elif kind == "done":
+                self.doneEvent = event
+            elif kind == "error":
+                self._errorEvent = event
+        if not self.process.finished:
+            return False
+        try:
+            if self.process.returncode != 0 or self.doneEvent is None:
+                raise self._failure()
+            self.status = "Loading the result"
+            self._report()
+            self.outcome = self.logic.importResult(self, self._outputPath)
+            self.status = "Done"
+            self._report()
+        except LungSegError as exc:
+            self.error = exc
+            raise
+        finally:
+            self._cleanup()
+        return True
+
+    def _failure(self) -> LungSegError:
+        details = self.process.stderr_text()
+        if self._errorEvent is not None:
+            return error_from_event(self._errorEvent, details)
+        code = self.process.returncode
+        reason = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+        return WorkerError(f"The segmentation worker {reason} without reporting an error "
+                           "(out of memory, or a crash in TensorFlow?). See the details.", 1, details)
+
+    def cancel(self) -> None:
+        """Stop the worker now (within about a second); the scene is left as it was."""
+        if not self.running:
+            return
+        self.cancelled = True
+        self.process.stop()
+        self.status = "Cancelled"
+        self._cleanup()
+
+    def wait(self, cancelEvent=None, pollInterval: float = 0.1) -> SegmentationOutcome:
+        """Poll until the run is over; ``cancelEvent`` (a ``threading.Event`` or a callable) cancels it
+        and raises :class:`Cancelled`."""
+        while not self.poll():
+            if cancelEvent is not None and (cancelEvent.is_set() if hasattr(cancelEvent, "is_set")
+                                            else cancelEvent()):
+                self.cancel()
+                raise Cancelled("Segmentation cancelled; the scene was not changed.")
+            time.sleep(pollInterval)
+        if self.outcome is None:
+            raise Cancelled("Segmentation cancelled; the scene was not changed.")
+        return self.outcome
+
+    def _cleanup(self) -> None:
+        shutil.rmtree(self._tempDir, ignore_errors=True)
+
+
+class LungSegLogic:
+    """Segments right and left lung of a CT volume node into a segmentation node.
+
+    The network runs in a separate Python process (Slicer's own Python, ``LungSegLib.worker``); this
+    class writes the volume to a temporary file for it, follows its progress and turns its labelmap
+    into segments. Without a widget::
+
+        logic = LungSegLogic()
+        segmentationNode = logic.segment(volumeNode)          # blocks until done
+
+    Attributes:
+        scene: the MRML scene to work in (default: ``slicer.mrmlScene``).
+        pythonExecutable: the Python that runs the worker (default: PythonSlicer / this interpreter).
+        modelPath: a ``.keras`` model with its card (default: the bundled model).
+        threads: CPU threads for the worker (default: all cores).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()  # cooperative: LungSeg.LungSegLogic adds ScriptedLoadableModuleLogic
+        self._scene = None
+        self.pythonExecutable: Optional[str] = None
+        self.modelPath: Optional[str] = None
+        self.threads: Optional[int] = None
+        self.lastOutcome: Optional[SegmentationOutcome] = None
+
+    @property
+    def scene(self):
+        return self._scene if self._scene is not None else _slicer().mrmlScene
+
+    @scene.setter
+    def scene(self, scene) -> None:
+        self._scene = scene
+
+    # --- running ----------------------------------------------------------------------------------
+    def workerEnvironment(self) -> Dict[str, str]:
+        """The worker's environment: this one, with LungSegLib importable and TensorFlow quiet."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(LIBRARY_ROOT), env.get("PYTHONPATH", "")) if p)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def startSegmentation(self, volumeNode, segmentationNode=None, postprocess: bool = True, device: str = "auto",
+                          progressCallback: Optional[ProgressCallback] = None, batchSize: int = 4,
+                          exportLabelmap: bool = False, show3D: bool = False) -> SegmentationTask:
+        """Start segmenting ``volumeNode`` and return at once; call ``task.poll()`` (e.g. from a timer)
+        until it returns True, or ``task.wait()``. Arguments as for :meth:`segment`."""
+        self.validateInput(volumeNode)
+        if segmentationNode is not None and not segmentationNode.IsA("vtkMRMLSegmentationNode"):
+            raise InputError(f"{segmentationNode.GetName()} is not a segmentation node.")
+        options = dict(model=self.modelPath, batch_size=batchSize, threads=self.threads, device=device,
+                       postprocess=postprocess)
+        return SegmentationTask(self, volumeNode, segmentationNode, exportLabelmap, show3D, progressCallback,
+                                options)
+
+    def segment(self, volumeNode, segmentationNode=None, postprocess: bool = True, device: str = "auto",
+                progressCallback: Optional[ProgressCallback] = None, cancelEvent=None, batchSize: int = 4,
+                exportLabelmap: bool = False, show3D: bool = False):
+        """Segment the lungs of a CT volume node and wait for the result.
+
+        Args:
+            volumeNode: a ``vtkMRMLScalarVolumeNode`` in Hounsfield units; it is never modified.
+            segmentationNode: where to put the segments "Right lung" and "Left lung"; segments of these
+                names are replaced, all others kept. None creates a new segmentation node.
+            postprocess: clean up the network output (largest components, filled holes, sides).
+            device: "auto", "cpu" or "gpu".
+            progressCallback: called as ``(done_slices, total_slices, status_text)``.
+            cancelEvent: ``threading.Event`` or callable; when set the worker is stopped and
+                :class:`LungSegLib.Cancelled` raised, with the scene unchanged.
+            batchSize: slices per network call.
+            exportLabelmap: also create a labelmap volume node (0 background, 1 right, 2 left lung).
+            show3D: also create the closed-surface representation (3-D display).
+
+        Returns:
+            The segmentation node; details of the run are in :attr:`lastOutcome`.
+
+        Raises:
+            LungSegLib.InputError / ModelError / OutputError, LungSegLib.worker.DependencyError or
+            WorkerError (with ``details`` from the worker's stderr), Cancelled.
+        """
+        task = self.startSegmentation(volumeNode, segmentationNode, postprocess=postprocess, device=device,
+                                      progressCallback=progressCallback, batchSize=batchSize,
+                                      exportLabelmap=exportLabelmap, show3D=show3D)
+        self.lastOutcome = task.wait(cancelEvent)
+        return self.lastOutcome.segmentationNode
+
+    @staticmethod
+    def validateInput(volumeNode) -> None:
+        """Refuse what cannot be a CT volume before any work starts."""
+        if volumeNode is None:
+            raise InputError("Select an input CT volume.")
+        if not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise InputError(f"{volumeNode.GetName()} is not a scalar (CT) volume.")
+        image = volumeNode.GetImageData()
+        if image is None or image.GetPointData().GetScalars() is None:
+            raise InputError(f"{volumeNode.GetName()} has no voxels.")
+        if image.GetNumberOfScalarComponents() != 1:
+            raise InputError(f"{volumeNode.GetName()} has {image.GetNumberOfScalarComponents()} components per "
+                             "voxel (RGB or vector image); a CT has one value per voxel in HU.")
+        if min(image.GetDimensions()) < 1:
+            raise InputError(f"{volumeNode.GetName()} is empty.")
+
+    # --- results into the scene ---------------------------------------------------------------------
+    def lungSegmentIds(self, segmentationNode) -> Dict[str, str]:
+        """IDs of the segments named "Right lung" / "Left lung" that ``segmentationNode`` already has."""
+        segmentation = segmentationNode.GetSegmentation()
+        found = {}
+        for name in SEGMENT_NAMES:
+            segmentId = segmentation.GetSegmentIdBySegmentName(name)
+            if segmentId:
+                found[name] = segmentId
+        return found
+
+    def importResult(self, task: SegmentationTask, labelmapPath: Path) -> SegmentationOutcome:
+        import vtk
+        from vtk.util.numpy_support import numpy_to_vtk
+
+        slicer = _slicer()
+        labels, ijkToRas = read_labelmap(labelmapPath)
+        if labels.shape != task.inputShape or not np.allclose(ijkToRas, task.inputIJKToRAS, atol=1e-3):
+            raise WorkerError("The worker's labelmap does not lie on the input volume's grid.", 1,
+                              f"shape {labels.shape} vs {task.inputShape}\n{ijkToRas}\nvs\n{task.inputIJKToRAS}")
+        volumeNode, scene = task.volumeNode, self.scene
+        if task.segmentationNode is not None and scene.GetNodeByID(task.segmentationNode.GetID()) is None:
+            raise InputError("The output segmentation was removed from the scene while segmenting.")
+        if scene.GetNodeByID(volumeNode.GetID()) is None:
+            raise InputError("The input volume was removed from the scene while segmenting.")
+
+        image = vtk.vtkImageData()
+        image.SetDimensions(labels.shape[::-1])
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        image.GetPointData().GetScalars().DeepCopy(numpy_to_vtk(labels.ravel(), deep=True))
+        labelmap = slicer.vtkMRMLLabelMapVolumeNode()  # a carrier, never added to the scene
+        labelmap.CopyOrientation(volumeNode)
+        labelmap.SetAndObserveImageData(image)
+
+        segmentationNode = task.segmentationNode
+        if segmentationNode is None:
+            segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                       scene.GenerateUniqueName(f"{volumeNode.GetName()} lungs"))
+            segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        segmentation = segmentationNode.GetSegmentation()
+        existing = self.lungSegmentIds(segmentationNode)
+        segmentIds = {}
+        segments = lung_segments()
+        for seg in segments:  # label order: 1 = right, 2 = left
+            segmentIds[seg.name] = existing.get(seg.name) or segmentation.GenerateUniqueSegmentID(
+                seg.name.replace(" ", "_"))
+        ids = vtk.vtkStringArray()
+        for seg in segments:
+            ids.InsertNextValue(segmentIds[seg.name])
+        wasModifying = segmentationNode.StartModify()
+        try:
+            if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentationNode,
+                                                                                         ids):
+                raise WorkerError("Slicer could not import the lung labelmap into the segmentation.", 1)
+            for seg in segments:
+                segment = segmentation.GetSegment(segmentIds[seg.name])
+                segment.SetName(seg.name)
+                segment.SetNameAutoGenerated(False)
+                segment.SetColor(*seg.color)
+                segment.SetColorAutoGenerated(False)
+                segment.SetTag(segment.GetTerminologyEntryTagName(), seg.terminology())
+        finally:
+            segmentationNode.EndModify(wasModifying)
+        self.placeInStudyOf(segmentationNode, volumeNode)
+        if task.show3D:
+            segmentationNode.CreateClosedSurfaceRepresentation()
+
+        labelmapNode = self.exportLabelmap(segmentationNode, volumeNode) if task.exportLabelmap else None
+        done = task.doneEvent or {}
+        outcome = SegmentationOutcome(segmentationNode, segmentIds, labelmapNode,
+                                      dict(done.get("volumes_ml", {})), dict(done.get("timings_s", {})),
+                                      list(done.get("warnings", [])), str(task.modelEvent.get("name", "")),
+                                      bool(task.modelEvent.get("placeholder", False)))
+        for warning in outcome.warnings:
+            logging.warning("LungSeg: %s", warning)
+        return outcome
+
+    def exportLabelmap(self, segmentationNode, referenceVolumeNode, labelmapNode=None):
+        """Write the lung segments into a labelmap volume node on the reference volume's grid:
+        0 background, 1 right lung, 2 left lung (a new node unless ``labelmapNode`` is given)."""
+        import vtk
+
+        slicer = _slicer()
+        segmentIds = self.lungSegmentIds(segmentationNode)
+        if set(segmentIds) != set(SEGMENT_NAMES):
+            raise InputError(f"{segmentationNode.GetName()} has no segments named "
+                             f"{' and '.join(SEGMENT_NAMES)}.")
+        if labelmapNode is None:
+            labelmapNode = self.scene.AddNewNodeByClass(
+                "vtkMRMLLabelMapVolumeNode", self.scene.GenerateUniqueName(f"{segmentationNode.GetName()} label"))
+        ids = vtk.vtkStringArray()
+        for name in SEGMENT_NAMES:
+            ids.InsertNextValue(segmentIds[name])
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+                segmentationNode, ids, labelmapNode, referenceVolumeNode):
+            raise WorkerError("Slicer could not export the lung segments to a labelmap.", 1)
+        self.placeInStudyOf(labelmapNode, referenceVolumeNode)
+        return labelmapNode
+
+    def placeInStudyOf(self, node, volumeNode) -> None:
+        """Put ``node`` under the same subject-hierarchy parent (study) as ``volumeNode``."""
+        shNode = self.scene.GetSubjectHierarchyNode()
+        if shNode is None:
+            return
+        volumeItem = shNode.GetItemByDataNode(volumeNode)
+        parent = shNode.GetItemParent(volumeItem) if volumeItem else shNode.GetSceneItemID()
+        nodeItem = shNode.GetItemByDataNode(node)
+        if nodeItem:
+            shNode.SetItemParent(nodeItem, parent)
+        else:  # Slicer's GUI adds items for new nodes itself; plain MRML (slicer-core) does not
+            shNode.CreateItem(parent, node)
+
+    @staticmethod
+    def setShow3D(segmentationNode, show: bool) -> None:
+        """Show the segments in 3-D views (creates the closed-surface representation) or hide them."""
+        if show:
+            segmentationNode.CreateClosedSurfaceRepresentation()
+        else:
+            segmentationNode.RemoveClosedSurfaceRepresentation()
+        displayNode = segmentationNode.GetDisplayNode()
+        if displayNode is not None:
+            displayNode.SetVisibility3D(show)
