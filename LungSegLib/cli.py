@@ -131,10 +131,14 @@ def _run_evaluate(args) -> int:
     use_model = source == "bundled" or source.lower().endswith(".keras")
     if not use_model and not Path(source).is_dir():
         raise InputError(f"{source} is neither a prediction folder nor a .keras model (or 'bundled').")
+    usage_error = ""
     if args.save_predictions and not (use_model and args.out):
-        raise SystemExit("lungseg evaluate: error: --save-predictions needs a model and --out")
-    if args.batch_size < 1:
-        raise SystemExit("lungseg evaluate: error: --batch-size must be at least 1")
+        usage_error = "--save-predictions needs a model and --out"
+    elif args.batch_size < 1:
+        usage_error = "--batch-size must be at least 1"
+    if usage_error:
+        print(f"lungseg evaluate: error: {usage_error}", file=sys.stderr)
+        return 2
     if args.out:
         evaluate.check_outputs(args.out, args.overwrite)  # fail before any work
     cases = evaluate.find_cases(args.ground_truth, args.cases)

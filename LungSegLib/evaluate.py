@@ -4,8 +4,8 @@ A ground-truth folder holds one sub-folder per case with a CT (``ct.nrrd``, ``ct
 0/1/2 labelmap (``label.nrrd``, ``label.seg.nrrd``, ``label.nii.gz``, ...) on the same grid, and
 optionally an ``info.json`` whose ``suspect_slices_label_z`` lists slices whose ground truth is
 known to be broken (entries ``[label, k]``: that lung on slice ``k`` of array axis 0; or ``k``: both
-lungs): those slices are left out of that lung's metrics. Predictions are either a folder of labelmaps matched to cases by name or made
-here by running a model on each case's CT.
+lungs): those slices are left out of that lung's metrics. Predictions are either a folder of labelmaps
+matched to cases by name or made here by running a model on each case's CT.
 """
 from __future__ import annotations
 
@@ -500,7 +500,8 @@ def csv_text(report: EvaluationReport) -> str:
     for c in report.cases:
         for s in c.lungs:
             writer.writerow([c.case, s.lung] + [repr(float(getattr(s, k))) for k in METRIC_KEYS]
-                            + [int(c.swapped), " ".join(f"{lab}:{k}" for lab, k in c.excluded_slices), c.prediction])
+                            + [int(c.swapped), " ".join(f"{lab}:{k}" for lab, k in c.excluded_slices),
+                               c.prediction])
     return buf.getvalue()
 
 
@@ -575,7 +576,7 @@ def figure_png(report: EvaluationReport, worst: WorstCase) -> bytes:
     low = min([1.0] + [s.dice for c in report.cases for s in c.lungs])
     ax.set_xlim(max(-0.02, low - 0.05), 1.01)
     ax.grid(axis="x", alpha=0.4)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     ax.set_title("Dice per case")
 
     ax2 = fig.add_subplot(1, 2, 2)

@@ -167,13 +167,14 @@ def swap_labels(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def sides_swapped(pred_labels: np.ndarray, truth_labels: np.ndarray,
-                  valid: Optional[np.ndarray] = None) -> Tuple[bool, float, float]:
+def sides_swapped(pred_labels: np.ndarray, truth_labels: np.ndarray, valid: Optional[np.ndarray] = None,
+                  margin: float = 0.1) -> Tuple[bool, float, float]:
     """Whether the prediction has right and left exchanged.
 
     Returns ``(swapped, mean Dice as given, mean Dice with 1 and 2 exchanged)``; ``swapped`` is true
-    when exchanging the labels fits the truth strictly better.
+    when exchanging the labels raises the mean Dice by more than ``margin``, so a prediction that
+    matches neither way (both near 0) is not called swapped.
     """
     as_is = mean_lung_dice(pred_labels, truth_labels, valid)
     exchanged = mean_lung_dice(swap_labels(pred_labels), truth_labels, valid)
-    return exchanged > as_is, as_is, exchanged
+    return exchanged > as_is + margin, as_is, exchanged

@@ -202,6 +202,8 @@ def test_cli_exit_codes_for_bad_input(tmp_path, gt_dir, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", str(root)])
     assert exc.value.code == 2
+    assert main(["evaluate", str(tmp_path / "empty_pred"), str(root), "--save-predictions"]) == 2
+    assert "--save-predictions needs a model" in capsys.readouterr().err
 
 
 def test_infinite_distances_are_null_in_json(tmp_path, gt_dir):

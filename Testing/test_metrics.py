@@ -123,4 +123,10 @@ def test_swap_check_flags_exchanged_sides():
     assert swapped and as_is == 0.0 and exchanged == 1.0
     swapped, as_is, exchanged = metrics.sides_swapped(truth, truth)
     assert not swapped and as_is == 1.0
+    # a prediction that fits neither way is not called swapped, however slightly better exchanged
+    junk = np.zeros_like(truth)
+    junk[:, 1, 1] = 2
+    junk[:, 5, 9] = 1
+    swapped, as_is, exchanged = metrics.sides_swapped(junk, truth)
+    assert exchanged > as_is and not swapped
     assert metrics.mean_lung_dice(truth, truth) == 1.0

@@ -1,4 +1,4 @@
-"""`lungseg import-rt`: a DICOM CT series + RTSTRUCT, both written here, become ct.nrrd + label.nrrd + info.json."""
+"""`lungseg import-rt`: a DICOM CT series and an RTSTRUCT, both written here, become a case folder."""
 from __future__ import annotations
 
 import json
@@ -24,7 +24,8 @@ ORIGIN = (-24.0, -30.0, -100.0)     # LPS mm of voxel (0, 0, 0)
 # Right lung: a box of voxel centres i 4..11, j 8..23 (edges on half voxels) on slices 1..6.
 RIGHT_BOX = ((3.5, 7.5), (11.5, 7.5), (11.5, 23.5), (3.5, 23.5))
 # Left lung: an ellipse (patient left = larger i, since the i axis runs to the patient's left).
-LEFT_ELLIPSE = [(23.5 + 4.6 * np.cos(t), 16.0 + 7.3 * np.sin(t)) for t in np.linspace(0, 2 * np.pi, 48, endpoint=False)]
+LEFT_ELLIPSE = [(23.5 + 4.6 * np.cos(t), 16.0 + 7.3 * np.sin(t))
+                for t in np.linspace(0, 2 * np.pi, 48, endpoint=False)]
 HOLE = ((21.5, 13.5), (24.5, 13.5), (24.5, 17.5), (21.5, 17.5))   # cut out of the left lung on slice 3
 LUNG_SLICES = range(1, 7)
 
