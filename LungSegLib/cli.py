@@ -93,6 +93,61 @@ def _run_segment(args) -> int:
     return 0
 
 
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a lung segmentation U-Net on CT + labelmap cases",
+        description="Train the 2-D U-Net on a folder of cases (one subfolder per case holding ct.nrrd + "
+                    "label.nrrd, or image/ct.nii.gz + label.nii.gz; labels 0/1 right/2 left or one lung "
+                    "value). Writes RUN_DIR/best.keras with its model card best.json, last.keras for "
+                    "--resume, and log.csv. Slices go through exactly the inference preprocessing.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("cases_dir", help="folder with one subfolder per case")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (created)")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--val", nargs="+", default=(), metavar="CASE",
+                       help="validation case(s) (e.g. one left-out patient); the others train")
+    split.add_argument("--split", metavar="JSON", help='split file {"train": [cases], "val": [cases]}')
+    p.add_argument("--classes", type=int, choices=(1, 3), default=3,
+                   help="3: background/right/left (default); 1: binary lung model")
+    p.add_argument("--loss", choices=("ce_dice", "ce", "dice", "bce"), default="ce_dice",
+                   help="cross-entropy + Dice (default), cross-entropy, Dice, or binary CE (1 class)")
+    p.add_argument("--base-filters", type=int, default=8, help="filters of the first level (default 8)")
+    p.add_argument("--depth", type=int, default=4, help="number of 2x poolings (default 4)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 40; with --resume: new total)")
+    p.add_argument("--steps-per-epoch", type=int, default=50, help="batches per epoch (default 50)")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per batch (default 8)")
+    p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate (cosine decay)")
+    p.add_argument("--patience", type=int, default=10,
+                   help="stop after this many epochs without improvement (0: never)")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop after the epoch that passes this wall-clock time (0: no limit)")
+    p.add_argument("--no-augment", action="store_true", help="train on the slices as they are")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--cache-dir", help="where resampled cases are cached (default RUN_DIR/cache)")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last epoch")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from .inference import configure_threads
+    from .train import TrainConfig, train
+
+    configure_threads(args.threads)
+    config = TrainConfig(n_classes=args.classes, loss=args.loss, base_filters=args.base_filters,
+                         depth=args.depth, epochs=args.epochs or TrainConfig.epochs,
+                         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
+                         learning_rate=args.lr, patience=args.patience, seed=args.seed,
+                         augment=not args.no_augment, max_minutes=args.max_minutes)
+    verbose = 2 if args.quiet or not sys.stderr.isatty() else 1
+    result = train(args.cases_dir, args.out, config, val=args.val, split_file=args.split,
+                   resume=args.resume, epochs=args.epochs, cache_dir=args.cache_dir, verbose=verbose)
+    print(f"Best epoch {result.best_epoch} of {result.epochs_run} ({result.monitor} {result.best_score:.4f}"
+          f"{', stopped early' if result.stopped_early else ''}): {result.best_model} + {result.card.name}")
+    return 0
+
+
 def _add_evaluate_parser(sub) -> None:
     p = sub.add_parser(
         "evaluate", help="score predicted labelmaps (or a model) against ground-truth cases",
@@ -239,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_segment_parser(sub)
     _add_evaluate_parser(sub)
     _add_import_rt_parser(sub)
+    _add_train_parser(sub)
     return parser
 
 

@@ -1,0 +1,169 @@
+"""Training-time augmentation of model-grid slices (image in [0, 1] over the HU window, labels 0/1/2).
+
+Everything works on one ``size`` x ``size`` slice with NumPy/SciPy and costs a few milliseconds, since
+the CPU that feeds the network is the bottleneck. Geometric changes move image and labels together
+(labels with nearest neighbour); a left/right mirror also swaps the right (1) and left (2) labels, so
+"right lung" stays the lung on the patient's right. Simulated disease (consolidation, pleural
+effusion-like fluid at the posterior base, nodules) is painted *inside* the lung with its label kept
+as lung: dense lung is still lung, which is what clinical lung contours include.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from .intensity import HU_WINDOW
+from .postprocess import LEFT, RIGHT
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Strength and probability of each augmentation (angles in degrees, HU in Hounsfield units)."""
+
+    p_flip: float = 0.5
+    p_spatial: float = 0.9
+    rotate_deg: float = 15.0
+    scale: Tuple[float, float] = (0.8, 1.2)
+    shift_px: float = 16.0
+    p_elastic: float = 0.3
+    elastic_px: float = 6.0
+    p_pathology: float = 0.5
+    p_intensity: float = 0.8
+    hu_shift: float = 40.0
+    contrast: Tuple[float, float] = (0.85, 1.15)
+    noise_hu: float = 30.0
+    p_blur: float = 0.25
+    hu_window: Tuple[float, float] = HU_WINDOW
+
+
+def hu_to_unit(hu: float, window: Tuple[float, float] = HU_WINDOW) -> float:
+    """An HU value as the model input sees it ([0, 1] across the window)."""
+    return (hu - window[0]) / (window[1] - window[0])
+
+
+def flip_left_right(image: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Mirror a canonical slice across the patient's midline; right and left lung labels swap."""
+    flipped = labels[:, ::-1].copy()
+    right = flipped == RIGHT
+    flipped[flipped == LEFT] = RIGHT
+    flipped[right] = LEFT
+    return image[:, ::-1].copy(), flipped
+
+
+def spatial(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+            cfg: AugmentConfig = AugmentConfig()) -> Tuple[np.ndarray, np.ndarray]:
+    """Random rotation, isotropic scale, shift and (sometimes) a smooth elastic warp, one resampling.
+
+    Pixels coming from outside the slice are air (0) and background.
+    """
+    size = image.shape[0]
+    angle = np.deg2rad(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg))
+    zoom = rng.uniform(*cfg.scale)
+    c, s = np.cos(angle) / zoom, np.sin(angle) / zoom
+    matrix = np.array([[c, -s], [s, c]])
+    centre = (size - 1) / 2
+    offset = centre - matrix @ np.full(2, centre) + rng.uniform(-cfg.shift_px, cfg.shift_px, 2)
+    grid = np.mgrid[0:size, 0:size].astype(np.float32)
+    coords = np.tensordot(matrix.astype(np.float32), grid, axes=1) + offset.astype(np.float32)[:, None, None]
+    if rng.random() < cfg.p_elastic:
+        coarse = rng.normal(0.0, cfg.elastic_px, (2, 6, 6)).astype(np.float32)
+        coords += ndimage.zoom(coarse, (1, size / 6, size / 6), order=3)[:, :size, :size]
+    out_image = ndimage.map_coordinates(image, coords, order=1, mode="constant", cval=0.0)
+    out_labels = ndimage.map_coordinates(labels, coords, order=0, mode="constant", cval=0)
+    return out_image.astype(np.float32), out_labels.astype(np.uint8)
+
+
+def intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = AugmentConfig()) -> np.ndarray:
+    """HU offset, contrast around −500 HU, Gaussian noise and sometimes blur (scanner/kernel variety)."""
+    width = cfg.hu_window[1] - cfg.hu_window[0]
+    pivot = hu_to_unit(-500.0, cfg.hu_window)
+    out = (image - pivot) * rng.uniform(*cfg.contrast) + pivot + rng.uniform(-cfg.hu_shift, cfg.hu_shift) / width
+    if rng.random() < cfg.p_blur:
+        out = ndimage.gaussian_filter(out, rng.uniform(0.5, 1.2))
+    out = out + rng.normal(0.0, rng.uniform(0.0, cfg.noise_hu) / width, out.shape).astype(np.float32)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _blob(shape: Tuple[int, int], centre: Tuple[float, float], radius: float, rng: np.random.Generator,
+          roughness: float) -> np.ndarray:
+    """A smooth irregular blob (boolean) of about ``radius`` pixels."""
+    rows, cols = np.ogrid[:shape[0], :shape[1]]
+    aspect = rng.uniform(0.6, 1.4)
+    dist = np.hypot((rows - centre[0]) * aspect, (cols - centre[1]) / aspect) / radius
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, shape).astype(np.float32), max(2.0, radius / 3))
+    noise /= noise.std() + 1e-6
+    return dist + roughness * noise < 1.0
+
+
+def _paint(image: np.ndarray, region: np.ndarray, hu: Tuple[float, float], rng: np.random.Generator,
+           cfg: AugmentConfig) -> None:
+    """Fill ``region`` with a textured density in the ``hu`` range, its edge softened by ~1 pixel."""
+    if not region.any():
+        return
+    width = cfg.hu_window[1] - cfg.hu_window[0]
+    value = hu_to_unit(rng.uniform(*hu), cfg.hu_window)
+    texture = rng.normal(0.0, 12.0 / width, image.shape).astype(np.float32)
+    # soft rim, but only inside the region: the painted density never leaves the lung
+    alpha = np.where(region, np.clip(1.5 * ndimage.gaussian_filter(region.astype(np.float32), 0.7), 0, 1), 0)
+    image += alpha * (value + texture - image)
+
+
+def pathology(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+              cfg: AugmentConfig = AugmentConfig()) -> np.ndarray:
+    """Paint one kind of simulated disease inside the lung (labels are left unchanged).
+
+    * consolidation / atelectasis: irregular blobs of −100..+60 HU;
+    * effusion-like fluid: the posterior (dependent) part of one lung at 0..+30 HU with a curved
+      upper border (in the canonical slice rows grow towards posterior);
+    * nodules: 1–5 round lesions of 3–20 mm at −50..+80 HU, some against the pleura.
+    """
+    lung = labels > 0
+    if lung.sum() < 200:
+        return image
+    image = image.copy()
+    kind = rng.choice(("consolidation", "effusion", "nodules"), p=(0.45, 0.3, 0.25))
+    rows, cols = np.nonzero(lung)
+    if kind == "consolidation":
+        for _ in range(int(rng.integers(1, 3))):
+            k = int(rng.integers(rows.size))
+            region = _blob(lung.shape, (rows[k], cols[k]), rng.uniform(8, 40), rng, 0.35) & lung
+            _paint(image, region, (-100.0, 60.0), rng, cfg)
+    elif kind == "effusion":
+        side = (labels == rng.choice((RIGHT, LEFT))) if rng.random() < 0.8 else lung
+        if side.sum() < 200:
+            side = lung
+        r, c = np.nonzero(side)
+        depth = rng.uniform(0.15, 0.5) * (r.max() - r.min())
+        col_pos = np.linspace(-1, 1, lung.shape[1])
+        level = r.max() - depth + rng.uniform(0.0, 0.4) * depth * col_pos[None, :] ** 2 * rng.choice((-1, 1))
+        region = side & (np.arange(lung.shape[0])[:, None] > level)
+        _paint(image, region, (0.0, 30.0), rng, cfg)
+    else:
+        for _ in range(int(rng.integers(1, 6))):
+            k = int(rng.integers(rows.size))
+            region = _blob(lung.shape, (rows[k], cols[k]), rng.uniform(1.0, 6.5), rng, 0.1) & lung
+            _paint(image, region, (-50.0, 80.0), rng, cfg)
+    return np.clip(image, 0.0, 1.0)
+
+
+class Augmenter:
+    """The training augmentation: a callable ``(image, labels, rng) -> (image, labels)``."""
+
+    def __init__(self, cfg: AugmentConfig = AugmentConfig()):
+        self.cfg = cfg
+
+    def __call__(self, image: np.ndarray, labels: np.ndarray,
+                 rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+        cfg = self.cfg
+        if rng.random() < cfg.p_pathology:
+            image = pathology(image, labels, rng, cfg)  # before warping, so lesions warp with the lung
+        if rng.random() < cfg.p_flip:
+            image, labels = flip_left_right(image, labels)
+        if rng.random() < cfg.p_spatial:
+            image, labels = spatial(image, labels, rng, cfg)
+        if rng.random() < cfg.p_intensity:
+            image = intensity(image, rng, cfg)
+        return image, labels

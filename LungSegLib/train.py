@@ -1,0 +1,352 @@
+"""Training the LungSeg U-Net on a folder of CT + labelmap cases (``lungseg train``).
+
+A run directory holds everything about one training run:
+
+* ``config.json`` — the recipe and the train/validation split (read back by ``--resume``);
+* ``last.keras`` + ``state.json`` — the full model with optimizer state after the last epoch, the
+  best score so far and the early-stopping counter, so an interrupted run continues where it was;
+* ``best.keras`` + ``best.json`` — the inference model (no optimizer) of the best epoch and its
+  model card (:func:`LungSegLib.model.write_card`), loadable by :func:`LungSegLib.model.load_model`;
+* ``log.csv`` — one row per epoch (loss, learning rate, validation Dice per lung);
+* ``cache/`` — the cases resampled onto the model grid (unless ``cache_dir`` points elsewhere).
+
+"Best" is the highest mean validation Dice of the lungs when there are validation cases, otherwise
+the lowest training loss.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import __version__
+from .augment import AugmentConfig, Augmenter
+from .dataset import CachedCase, SliceSampler, find_cases, make_split, model_labels, prepare_case, tf_dataset
+from .errors import InputError, OutputError
+from .model import CLASSES_3, write_card
+from .preprocess import ModelGridSpec
+
+CLASSES_1 = ("background", "lung")
+
+
+@dataclass
+class TrainConfig:
+    """The training recipe. Sizes in pixels of the model grid; ``max_minutes`` caps wall-clock time
+    (checked after each epoch, 0 = no cap)."""
+
+    n_classes: int = 3
+    loss: str = "ce_dice"
+    base_filters: int = 8
+    depth: int = 4
+    epochs: int = 40
+    steps_per_epoch: int = 50
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    min_learning_rate: float = 5e-5
+    patience: int = 10
+    seed: int = 0
+    lung_fraction: float = 0.8
+    augment: bool = True
+    max_minutes: float = 0.0
+    size: int = 256
+    pixel_mm: float = 1.5
+    hu_window: Tuple[float, float] = (-1024.0, 600.0)
+    augment_config: AugmentConfig = field(default_factory=AugmentConfig)
+
+    @property
+    def spec(self) -> ModelGridSpec:
+        return ModelGridSpec(self.size, self.pixel_mm, tuple(self.hu_window))
+
+    @property
+    def classes(self) -> Tuple[str, ...]:
+        return CLASSES_1 if self.n_classes == 1 else CLASSES_3
+
+    def to_json(self) -> Dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        aug = values.pop("augment_config", {}) or {}
+        aug = {k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()}
+        values["hu_window"] = tuple(values.get("hu_window", (-1024.0, 600.0)))
+        return cls(augment_config=AugmentConfig(**aug), **values)
+
+
+@dataclass
+class TrainResult:
+    """Where a finished run left its outputs, and how it went."""
+
+    run_dir: Path
+    best_model: Path
+    card: Path
+    log: Path
+    epochs_run: int
+    best_epoch: int
+    best_score: float
+    monitor: str
+    stopped_early: bool
+
+
+def dice_counts(pred: np.ndarray, true: np.ndarray, n_classes: int) -> np.ndarray:
+    """(intersection, predicted, true) voxel counts per lung label, shape (n_lungs, 3)."""
+    labels = (1,) if n_classes == 1 else (1, 2)
+    return np.array([[np.count_nonzero((pred == c) & (true == c)), np.count_nonzero(pred == c),
+                      np.count_nonzero(true == c)] for c in labels], dtype=np.int64)
+
+
+def dice_from_counts(counts: np.ndarray) -> np.ndarray:
+    """Dice per lung from :func:`dice_counts` sums (1.0 where both are empty)."""
+    inter, pred, true = counts[:, 0], counts[:, 1], counts[:, 2]
+    denom = pred + true
+    return np.where(denom > 0, 2.0 * inter / np.maximum(denom, 1), 1.0)
+
+
+def predict_labels(keras_model, images: np.ndarray, n_classes: int) -> np.ndarray:
+    """Model-grid labels (B, S, S) from images (B, S, S) in [0, 1]."""
+    probs = keras_model.predict_on_batch(np.asarray(images, dtype=np.float32)[..., None])
+    probs = np.asarray(probs)
+    if n_classes == 1:
+        return (probs[..., 0] > 0.5).astype(np.uint8)
+    return np.argmax(probs, axis=-1).astype(np.uint8)
+
+
+def evaluate_cases(keras_model, cases: Sequence[CachedCase], n_classes: int,
+                   batch_size: int = 8) -> Dict[str, np.ndarray]:
+    """Per-case Dice per lung on the model grid (all slices of each case, no augmentation)."""
+    out = {}
+    for case in cases:
+        counts = np.zeros((1 if n_classes == 1 else 2, 3), dtype=np.int64)
+        for start in range(0, len(case), batch_size):
+            pred = predict_labels(keras_model, case.image[start:start + batch_size], n_classes)
+            counts += dice_counts(pred, model_labels(case.labels[start:start + batch_size], n_classes), n_classes)
+        out[case.case_id] = counts
+    return out
+
+
+def _callbacks_module():
+    import keras
+
+    class RunState(keras.callbacks.Callback):
+        """Validation Dice, best/last checkpoints, early stopping and the wall-clock cap, per epoch.
+
+        Runs before the CSV logger so the row it writes has the validation scores.
+        """
+
+        def __init__(self, run: "_Run"):
+            super().__init__()
+            self.run = run
+            self.started = time.monotonic()
+            self.stopped_early = False
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs if logs is not None else {}
+            run = self.run
+            lr = self.model.optimizer.learning_rate
+            logs["lr"] = float(lr(self.model.optimizer.iterations) if callable(lr) else np.asarray(lr))
+            if run.val_cases:
+                per_case = evaluate_cases(self.model, run.val_cases, run.config.n_classes, run.config.batch_size)
+                total = sum(per_case.values())
+                dice = dice_from_counts(total)
+                names = ("lung",) if run.config.n_classes == 1 else ("right", "left")
+                for name, value in zip(names, dice):
+                    logs[f"val_dice_{name}"] = float(value)
+                logs["val_dice"] = float(np.mean(dice))
+            score = float(logs[run.monitor])
+            state = run.state
+            improved = state.get("best") is None or (score > state["best"] if run.maximize else score < state["best"])
+            if improved:
+                state.update(best=score, best_epoch=epoch + 1, wait=0,
+                             best_logs={k: float(v) for k, v in logs.items()})
+                run.save_best(self.model)
+            else:
+                state["wait"] = state.get("wait", 0) + 1
+            state["epoch"] = epoch + 1
+            run.save_last(self.model)
+            if run.config.patience and state["wait"] >= run.config.patience:
+                self.stopped_early = True
+                self.model.stop_training = True
+            cap = run.config.max_minutes
+            if cap and time.monotonic() - self.started > cap * 60:
+                self.model.stop_training = True
+
+    return RunState
+
+
+class _Run:
+    """The files of one run directory and the model-saving steps."""
+
+    def __init__(self, run_dir: Path, config: TrainConfig, split, cases_dir: Path,
+                 train_cases: List[CachedCase], val_cases: List[CachedCase], state: Dict):
+        self.dir = run_dir
+        self.config = config
+        self.split = split
+        self.cases_dir = cases_dir
+        self.train_cases = train_cases
+        self.val_cases = val_cases
+        self.state = state
+        self.monitor = "val_dice" if val_cases else "loss"
+        self.maximize = bool(val_cases)
+
+    @property
+    def best_path(self) -> Path:
+        return self.dir / "best.keras"
+
+    def save_last(self, keras_model) -> None:
+        tmp = self.dir / ".last.tmp.keras"
+        keras_model.save(tmp)
+        os.replace(tmp, self.dir / "last.keras")
+        _write_json(self.dir / "state.json", self.state)
+
+    def save_best(self, keras_model) -> None:
+        import keras
+
+        # The shipped file is the bare network: no optimizer state or custom loss to deserialise.
+        clean = keras.models.clone_model(keras_model)
+        clean.set_weights(keras_model.get_weights())
+        tmp = self.dir / ".best.tmp.keras"
+        clean.save(tmp)
+        os.replace(tmp, self.best_path)
+        write_card(self.best_path, self.card(keras_model))
+
+    def card(self, keras_model) -> Dict:
+        from .unet import count_flops
+
+        cfg = self.config
+        state = self.state
+        return {
+            "name": self.dir.name,
+            "placeholder": False,
+            "classes": list(cfg.classes),
+            "input": {"size": cfg.size, "pixel_mm": cfg.pixel_mm, "hu_window": list(cfg.hu_window),
+                      "preprocessing": "canonical axial stack (S, P, L), each slice resampled to the "
+                                       "size x size grid of pixel_mm centred on the body, HU window -> [0, 1]"},
+            "architecture": {"type": "2D U-Net", "base_filters": cfg.base_filters, "depth": cfg.depth,
+                             "batch_norm": True, "parameters": int(keras_model.count_params()),
+                             "gflop_per_slice": round(count_flops(keras_model) / 1e9, 3)},
+            "training": {"loss": cfg.loss, "optimizer": "Adam", "learning_rate": cfg.learning_rate,
+                         "schedule": f"cosine decay to {cfg.min_learning_rate} over epochs x steps",
+                         "batch_size": cfg.batch_size, "steps_per_epoch": cfg.steps_per_epoch,
+                         "epochs_planned": cfg.epochs, "epoch": state.get("best_epoch"),
+                         "seed": cfg.seed, "lung_fraction": cfg.lung_fraction,
+                         "augmentation": asdict(cfg.augment_config) if cfg.augment else None,
+                         "selected_by": f"{'max' if self.maximize else 'min'} {self.monitor}",
+                         "best_logs": state.get("best_logs", {})},
+            "data": {"cases_dir": str(self.cases_dir), "train_cases": list(self.split.train),
+                     "val_cases": list(self.split.val),
+                     "train_patients": sorted({c.patient_id for c in self.train_cases}),
+                     "train_slices": int(sum(len(c) for c in self.train_cases))},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "lungseg_version": __version__,
+            "keras_version": __import__("keras").__version__,
+        }
+
+
+def _write_json(path: Path, data: Dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _compile(keras_model, config: TrainConfig) -> None:
+    import keras
+
+    from .losses import SegmentationLoss
+
+    schedule = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, decay_steps=max(1, config.epochs * config.steps_per_epoch),
+        alpha=config.min_learning_rate / config.learning_rate)
+    keras_model.compile(optimizer=keras.optimizers.Adam(schedule),
+                        loss=SegmentationLoss(config.loss, config.n_classes))
+
+
+def train(cases_dir: os.PathLike, run_dir: os.PathLike, config: Optional[TrainConfig] = None, *,
+          val: Sequence[str] = (), split_file: Optional[os.PathLike] = None, resume: bool = False,
+          epochs: Optional[int] = None, cache_dir: Optional[os.PathLike] = None, verbose: int = 1,
+          log=print) -> TrainResult:
+    """Train (or, with ``resume``, continue training) a U-Net; see the module docstring for outputs.
+
+    Args:
+        cases_dir: folder of case folders (:func:`LungSegLib.dataset.find_cases`).
+        run_dir: the run directory; must not hold a run unless ``resume``.
+        config: the recipe (default :class:`TrainConfig`); ignored on resume (the saved one is used).
+        val, split_file: validation cases, see :func:`LungSegLib.dataset.make_split`.
+        resume: continue the run in ``run_dir`` from its last epoch.
+        epochs: on resume, a new total number of epochs (the learning-rate schedule is kept).
+        cache_dir: where the model-grid cases are cached (default ``run_dir/cache``).
+        verbose: Keras progress: 0 silent, 1 progress bar, 2 one line per epoch.
+    """
+    import keras
+
+    from .losses import SegmentationLoss
+    from .unet import build_unet
+
+    run_dir, cases_dir = Path(run_dir), Path(cases_dir)
+    if resume:
+        if not (run_dir / "config.json").is_file() or not (run_dir / "last.keras").is_file():
+            raise InputError(f"{run_dir} holds no run to resume (config.json and last.keras are missing).")
+        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        config = TrainConfig.from_json(saved["config"])
+        val, split_file = saved["split"]["val"], None
+        state = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
+        if epochs:
+            config.epochs = int(epochs)
+    else:
+        config = config or TrainConfig()
+        if (run_dir / "config.json").exists():
+            raise OutputError(f"{run_dir} already holds a training run; use --resume to continue it or "
+                              "choose another output folder.")
+        state = {"epoch": 0, "best": None, "wait": 0}
+    if config.n_classes not in (1, 3):
+        raise InputError(f"--classes must be 1 or 3, got {config.n_classes}")
+    SegmentationLoss(config.loss, config.n_classes)  # refuse a bad loss before the slow parts
+    spec = config.spec
+
+    cases = find_cases(cases_dir)
+    split = make_split(cases, val=val, split_file=split_file)
+    if resume and sorted(split.train) != sorted(saved["split"]["train"]):
+        raise InputError(f"The cases in {cases_dir} differ from those the run was started with.")
+    cache = Path(cache_dir) if cache_dir else run_dir / "cache"
+    by_id = {c.case_id: c for c in cases}
+    t0 = time.monotonic()
+    train_cases = [prepare_case(by_id[c], cache, spec) for c in split.train]
+    val_cases = [prepare_case(by_id[c], cache, spec) for c in split.val]
+    log(f"Prepared {len(train_cases)} training case(s) ({sum(len(c) for c in train_cases)} slices) and "
+        f"{len(val_cases)} validation case(s) in {time.monotonic() - t0:.0f} s")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        _write_json(run_dir / "config.json", {"config": config.to_json(),
+                                              "split": {"train": list(split.train), "val": list(split.val)},
+                                              "cases_dir": str(cases_dir)})
+
+    keras.utils.set_random_seed(config.seed + state["epoch"])
+    if resume:
+        keras_model = keras.models.load_model(run_dir / "last.keras", compile=True, safe_mode=True)
+        log(f"Resuming {run_dir} after epoch {state['epoch']}")
+    else:
+        keras_model = build_unet(size=spec.size, n_classes=config.n_classes,
+                                 base_filters=config.base_filters, depth=config.depth)
+        _compile(keras_model, config)
+
+    augment = Augmenter(config.augment_config) if config.augment else None
+    sampler = SliceSampler(train_cases, config.n_classes, seed=config.seed * 1000 + state["epoch"],
+                           lung_fraction=config.lung_fraction, augment=augment)
+    dataset = tf_dataset(sampler, config.batch_size, spec.size)
+    run = _Run(run_dir, config, split, cases_dir, train_cases, val_cases, state)
+    run_state = _callbacks_module()(run)
+    csv = keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=resume)
+    if state["epoch"] < config.epochs:
+        keras_model.fit(dataset, epochs=config.epochs, initial_epoch=state["epoch"],
+                        steps_per_epoch=config.steps_per_epoch, callbacks=[run_state, csv], verbose=verbose,
+                        shuffle=False)  # the sampler draws at random already
+    if not run.best_path.is_file():
+        raise OutputError(f"No epoch finished in {run_dir}: nothing to save.")
+    return TrainResult(run_dir, run.best_path, run.best_path.with_suffix(".json"), run_dir / "log.csv",
+                       int(state["epoch"]), int(state.get("best_epoch") or 0), float(state["best"]),
+                       run.monitor, run_state.stopped_early)

@@ -1,0 +1,98 @@
+"""Training augmentation: image and labels stay aligned, a mirror swaps right/left, disease stays in the lung."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from LungSegLib.augment import (AugmentConfig, Augmenter, flip_left_right, hu_to_unit, intensity, pathology,
+                                spatial)
+
+SIZE = 128
+# Intensities ([0, 1] model input) chosen per label so a warped image can be checked against its warped labels.
+LEVEL = {0: hu_to_unit(40.0), 1: hu_to_unit(-850.0), 2: hu_to_unit(-700.0)}
+
+
+def model_slice(size: int = SIZE):
+    """A canonical model-grid slice: body, right lung (label 1) at small columns, smaller left lung (2)."""
+    rows, cols = np.mgrid[:size, :size].astype(float) / size
+    labels = np.zeros((size, size), np.uint8)
+    labels[((rows - 0.5) / 0.28) ** 2 + ((cols - 0.3) / 0.14) ** 2 <= 1] = 1
+    labels[((rows - 0.52) / 0.24) ** 2 + ((cols - 0.7) / 0.12) ** 2 <= 1] = 2
+    body = ((rows - 0.5) / 0.4) ** 2 + ((cols - 0.5) / 0.46) ** 2 <= 1
+    image = np.where(body, LEVEL[0], 0.0).astype(np.float32)
+    for label in (1, 2):
+        image[labels == label] = LEVEL[label]
+    return image, labels
+
+
+def mean_col(labels, label):
+    return float(np.nonzero(labels == label)[1].mean())
+
+
+def test_flip_mirrors_image_and_swaps_right_and_left():
+    image, labels = model_slice()
+    f_image, f_labels = flip_left_right(image, labels)
+    np.testing.assert_array_equal(f_image, image[:, ::-1])
+    # the old right lung, mirrored, is now labelled left, and vice versa
+    np.testing.assert_array_equal(f_labels == 2, (labels == 1)[:, ::-1])
+    np.testing.assert_array_equal(f_labels == 1, (labels == 2)[:, ::-1])
+    assert mean_col(f_labels, 1) < mean_col(f_labels, 2)  # right lung still at the smaller columns
+    assert (labels == 1).sum() > (labels == 2).sum()  # the fixture's lungs differ in size ...
+    assert (f_labels == 2).sum() == (labels == 1).sum()  # ... so the swap is visible in the counts
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_spatial_warp_keeps_image_and_labels_aligned(seed):
+    image, labels = model_slice()
+    cfg = AugmentConfig(rotate_deg=20, scale=(0.8, 1.2), shift_px=10, p_elastic=1.0)
+    w_image, w_labels = spatial(image, labels, np.random.default_rng(seed), cfg)
+    assert w_image.shape == image.shape and w_labels.dtype == np.uint8
+    assert set(np.unique(w_labels)) <= {0, 1, 2}
+    assert not np.array_equal(w_labels, labels)  # it did move
+    for label in (1, 2):
+        inside = w_labels == label
+        assert inside.sum() > 0.5 * (labels == label).sum()
+        # away from the edges the warped image has the intensity of the warped label
+        core = inside & (np.abs(w_image - LEVEL[label]) < 0.02)
+        assert core.sum() / inside.sum() > 0.85
+
+
+def test_augmenter_keeps_the_right_lung_on_the_patients_right():
+    image, labels = model_slice()
+    augment = Augmenter(AugmentConfig(p_flip=0.5, rotate_deg=15))
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        a_image, a_labels = augment(image, labels, rng)
+        assert a_image.dtype == np.float32 and a_image.min() >= 0.0 and a_image.max() <= 1.0
+        assert mean_col(a_labels, 1) < mean_col(a_labels, 2)
+
+
+def test_pathology_is_painted_inside_the_lung_only_and_labels_stay():
+    image, labels = model_slice()
+    rng = np.random.default_rng(1)
+    dense = 0
+    for _ in range(10):
+        out = pathology(image, labels, rng)
+        changed = np.abs(out - image) > 1e-6
+        assert changed.any()
+        assert not (changed & (labels == 0)).any()
+        dense = max(dense, int((out[labels > 0] > hu_to_unit(-150.0)).sum()))
+    assert dense > 20  # consolidation / fluid / nodules are soft-tissue dense
+
+
+def test_intensity_changes_values_within_the_window():
+    image, _ = model_slice()
+    out = intensity(image, np.random.default_rng(2), AugmentConfig(hu_shift=40, noise_hu=30))
+    assert out.shape == image.shape and out.min() >= 0.0 and out.max() <= 1.0
+    assert not np.allclose(out, image)
+    # lung stays much darker than soft tissue
+    _, labels = model_slice()
+    assert out[labels == 1].mean() < out[(labels == 0) & (image > 0.5)].mean() - 0.3
+
+
+def test_same_seed_same_augmentation():
+    image, labels = model_slice()
+    a = Augmenter()(image, labels, np.random.default_rng(7))
+    b = Augmenter()(image, labels, np.random.default_rng(7))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
