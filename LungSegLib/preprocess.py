@@ -4,7 +4,9 @@ Every canonical axial slice is resampled onto the model's fixed millimetre grid 
 pixels of ``pixel_mm``), centred on the patient's body, so the network sees every scan at the same
 physical scale whatever its pixel spacing or field of view. Resampling is separable (a row matrix and a
 column matrix), so a batch of slices is two matrix products; the way back to the input grid uses the
-same machinery on the lung probabilities, which keeps sub-pixel boundaries.
+same machinery on the lung probabilities, which keeps sub-pixel boundaries. The matrices are banded
+(each output pixel reads a few input pixels), so they are applied in tiles of output rows, each
+multiplying only the input rows it reads: the same products at a tenth of the arithmetic.
 """
 from __future__ import annotations
 
@@ -18,6 +20,41 @@ from .geometry import interpolation_matrix, support
 from .intensity import HU_WINDOW, window
 
 BODY_HU = -500.0
+#: Output rows per tile of a banded resampling matrix (small enough to skip most zeros, large enough
+#: for efficient matrix products).
+_TILE = 32
+
+
+@dataclass(frozen=True)
+class _Banded:
+    """A resampling matrix ``(n_out, n_in)`` kept as tiles of output rows with the input range each reads."""
+
+    n_out: int
+    tiles: Tuple[Tuple[int, int, int, int, np.ndarray], ...]  # out start, out stop, in start, in stop, weights
+
+    @classmethod
+    def of(cls, weights: np.ndarray, tile: int = _TILE) -> "_Banded":
+        tiles = []
+        for lo in range(0, weights.shape[0], tile):
+            block = weights[lo:lo + tile]
+            a, b = support(block)
+            if b > a:
+                tiles.append((lo, lo + block.shape[0], a, b, np.ascontiguousarray(block[:, a:b])))
+        return cls(weights.shape[0], tuple(tiles))
+
+    def rows(self, x: np.ndarray) -> np.ndarray:
+        """``W @ x`` over the second-last axis of ``x`` (float32)."""
+        out = np.zeros(x.shape[:-2] + (self.n_out, x.shape[-1]), dtype=np.float32)
+        for lo, hi, a, b, w in self.tiles:
+            out[..., lo:hi, :] = np.matmul(w, x[..., a:b, :])
+        return out
+
+    def cols(self, x: np.ndarray) -> np.ndarray:
+        """``x @ W.T`` over the last axis of ``x`` (float32)."""
+        out = np.zeros(x.shape[:-1] + (self.n_out,), dtype=np.float32)
+        for lo, hi, a, b, w in self.tiles:
+            out[..., lo:hi] = np.matmul(x[..., a:b], w.T)
+        return out
 
 
 @dataclass(frozen=True)
@@ -50,11 +87,11 @@ class SliceResampler:
             start = self.center_mm[axis] - (size - 1) / 2 * mm
             w, _ = interpolation_matrix(n, sp, size, mm, offset_mm=start)
             lo, hi = support(w)
-            fwd.append((w[:, lo:hi], lo, hi))
+            fwd.append((_Banded.of(w[:, lo:hi]), lo, hi))
             wb, _ = interpolation_matrix(size, mm, n, sp, offset_mm=-start)
             rows = np.flatnonzero(wb.any(axis=1))
             blo, bhi = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
-            back.append((wb[blo:bhi], blo, bhi))
+            back.append((_Banded.of(wb[blo:bhi]), blo, bhi))
         object.__setattr__(self, "_fwd", fwd)
         object.__setattr__(self, "_back", back)
 
@@ -62,28 +99,32 @@ class SliceResampler:
         """(B, H, W) HU (any numeric dtype) -> (B, size, size) float32 in [0, 1]."""
         (wr, r0, r1), (wc, c0, c1) = self._fwd
         lo, hi = self.spec.hu_window
-        crop = np.clip(np.asarray(slices_hu[:, r0:r1, c0:c1], dtype=np.float32), lo, hi)
+        crop = np.array(slices_hu[:, r0:r1, c0:c1], dtype=np.float32)
+        np.clip(crop, lo, hi, out=crop)
         crop -= lo  # air becomes 0, so pixels outside the scan need no extra term
-        out = np.matmul(np.matmul(wr, crop), wc.T)
+        out = wc.cols(wr.rows(crop))
         out *= 1.0 / (hi - lo)
         return out
 
-    def to_input(self, maps: np.ndarray) -> Tuple[np.ndarray, Tuple[slice, slice]]:
+    def to_input(self, maps: np.ndarray, channel_axis: int = -1) -> Tuple[np.ndarray, Tuple[slice, slice]]:
         """(B, size, size, C) model-grid maps (0 outside) -> (B, h, w, C) on the input grid.
 
         Only the part of the input slice the model grid covers is returned, with the (row, column)
-        slices locating it; everything outside is 0.
+        slices locating it; everything outside is 0. ``channel_axis=1`` takes and returns
+        channels-first maps ``(B, C, size, size)`` -> ``(B, C, h, w)`` (no transposes).
         """
         (wr, r0, r1), (wc, c0, c1) = self._back
-        x = np.moveaxis(np.asarray(maps, dtype=np.float32), -1, 1)  # B, C, S, S
-        out = np.matmul(np.matmul(wr, x), wc.T)
+        if channel_axis == 1:
+            return wc.cols(wr.rows(np.asarray(maps, dtype=np.float32))), (slice(r0, r1), slice(c0, c1))
+        x = np.ascontiguousarray(np.moveaxis(np.asarray(maps, dtype=np.float32), -1, 1))  # B, C, S, S
+        out = wc.cols(wr.rows(x))
         return np.moveaxis(out, 1, -1), (slice(r0, r1), slice(c0, c1))
 
     def labels_to_model(self, labels: np.ndarray, n_classes: int) -> np.ndarray:
         """(B, H, W) integer labels -> (B, size, size) labels on the model grid (majority vote)."""
         (wr, r0, r1), (wc, c0, c1) = self._fwd
         crop = np.asarray(labels[:, r0:r1, c0:c1])
-        votes = np.stack([np.matmul(np.matmul(wr, (crop == c).astype(np.float32)), wc.T)
+        votes = np.stack([wc.cols(wr.rows((crop == c).astype(np.float32)))
                           for c in range(1, n_classes)], axis=-1)
         background = 1.0 - votes.sum(axis=-1, keepdims=True)
         return np.argmax(np.concatenate([background, votes], axis=-1), axis=-1).astype(np.uint8)
