@@ -45,7 +45,8 @@ class Geometry:
             raise ValueError("spacing and origin need 3 values (i, j, k / x, y, z)")
         if not all(np.isfinite(spacing)) or min(spacing) <= 0:
             raise ValueError(f"voxel spacing must be positive and finite, got {spacing} mm")
-        if not np.all(np.isfinite(direction)) or abs(abs(np.linalg.det(direction)) - 1) > 1e-3:
+        orthonormal = np.allclose(direction.T @ direction, np.eye(3), atol=1e-3)
+        if not np.all(np.isfinite(direction)) or not orthonormal:
             raise ValueError("direction must be an orthonormal 3x3 matrix (columns = axis directions)")
         object.__setattr__(self, "spacing", spacing)
         object.__setattr__(self, "origin", origin)

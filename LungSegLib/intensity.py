@@ -52,7 +52,7 @@ def check_hounsfield(volume: np.ndarray) -> None:
         elif lo >= 0:
             cause = "it does not look like CT at all (MR, PET or an unsigned export?)"
         else:
-            cause = "air (lungs, outside the body) should be near −1000 HU"
+            cause = "air (lungs, outside the body) should be near -1000 HU"
         raise InputError(
             f"The image has no air: its 1st percentile is {p1:g} (range {lo:g}..{hi:g}); {cause}. "
             + hint)

@@ -61,7 +61,8 @@ def build_oracle(size: int = ORACLE_SIZE, binary: bool = False, hu_window=(-1024
     else:
         # A Dense layer with a zero kernel on the rows is a constant map: its bias, 1 on the grid's
         # right half (patient Left), 0 on its left half (patient Right).
-        side = layers.Reshape((size, size, 1))(layers.Dense(size, name="side")(layers.Reshape((size, size))(x)))
+        side = layers.Dense(size, name="side")(layers.Reshape((size, size))(x))
+        side = layers.Reshape((size, size, 1))(side)
         out = layers.Conv2D(3, 1, activation="softmax", name="lungs")(layers.Concatenate()([lung, side]))
         w = np.zeros((1, 1, 2, 3))
         w[0, 0, 0] = [0.0, 20.0, 20.0]

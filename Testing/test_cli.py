@@ -1,4 +1,5 @@
-"""The `lungseg` command: version, `segment` on a real CT, exit codes and messages for refused input/output."""
+"""The `lungseg` command: version, `segment` on a real CT, exit codes and messages for refused input and
+output."""
 from __future__ import annotations
 
 import json
@@ -32,8 +33,10 @@ def lungseg_executable() -> str:
     return found
 
 
-def subprocess_env():
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+def run_subprocess(args, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a command in a fresh process (how users run it), its output decoded as UTF-8."""
+    return subprocess.run([str(a) for a in args], capture_output=True, encoding="utf-8", errors="replace",
+                          timeout=timeout, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +53,13 @@ def phantom_ct(chest_phantom, tmp_path_factory):
 
 # --- version / help -------------------------------------------------------------------------------
 def test_console_script_version():
-    proc = subprocess.run([lungseg_executable(), "--version"], capture_output=True, text=True, timeout=120,
-                          env=subprocess_env())
+    proc = run_subprocess([lungseg_executable(), "--version"])
     assert proc.returncode == 0
     assert proc.stdout.strip() == f"lungseg {LungSegLib.__version__}"
 
 
 def test_python_m_version():
-    proc = subprocess.run([sys.executable, "-m", "LungSegLib", "--version"], capture_output=True, text=True,
-                          timeout=120, env=subprocess_env())
+    proc = run_subprocess([sys.executable, "-m", "LungSegLib", "--version"])
     assert proc.returncode == 0
     assert proc.stdout.strip() == f"lungseg {LungSegLib.__version__}"
 
@@ -83,8 +84,8 @@ def test_no_command_prints_help_and_fails(capsys):
 # --- success ----------------------------------------------------------------------------------------
 def test_segment_real_ct_with_the_bundled_model(real_ct_crop, tmp_path):
     out, png = tmp_path / "lungs.seg.nrrd", tmp_path / "overview.png"
-    proc = subprocess.run([lungseg_executable(), "segment", str(real_ct_crop), str(out), "--overview", str(png)],
-                          capture_output=True, text=True, timeout=300, env=subprocess_env())
+    proc = run_subprocess([lungseg_executable(), "segment", real_ct_crop, out, "--overview", png],
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert f"Wrote {out}" in proc.stdout and "mL" in proc.stdout
     written, original = sitk.ReadImage(str(out)), sitk.ReadImage(str(real_ct_crop))
@@ -102,8 +103,8 @@ def test_segment_real_ct_with_the_bundled_model(real_ct_crop, tmp_path):
 def test_segment_real_ct_puts_the_right_lung_on_the_patients_right(real_ct_crop, oracle_model_path, tmp_path,
                                                                    capsys):
     out, png = tmp_path / "lungs.nii.gz", tmp_path / "overview.png"
-    code, stdout, err = run_cli(["segment", real_ct_crop, out, "--model", oracle_model_path, "--batch-size", 5,
-                                 "--threads", 2, "--overview", png], capsys)
+    code, stdout, err = run_cli(["segment", real_ct_crop, out, "--model", oracle_model_path,
+                                 "--batch-size", 5, "--threads", 2, "--overview", png], capsys)
     assert code == 0, err
     assert f"Wrote {png}" in stdout
     labels_image = sitk.ReadImage(str(out))
@@ -117,9 +118,11 @@ def test_segment_real_ct_puts_the_right_lung_on_the_patients_right(real_ct_crop,
         assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
 
 
-@pytest.mark.parametrize("name, fmt, magic", [("lungs.nrrd", None, b"NRRD"), ("lungs.mha", None, b"ObjectType"),
+@pytest.mark.parametrize("name, fmt, magic", [("lungs.nrrd", None, b"NRRD"),
+                                              ("lungs.mha", None, b"ObjectType"),
                                               ("lungs.lbl", "nrrd", b"NRRD")])
-def test_segment_writes_the_requested_format(phantom_ct, oracle_model_path, tmp_path, capsys, name, fmt, magic):
+def test_segment_writes_the_requested_format(phantom_ct, oracle_model_path, tmp_path, capsys,
+                                             name, fmt, magic):
     out = tmp_path / name
     args = ["segment", phantom_ct, out, "--model", oracle_model_path, "--quiet", "--no-postprocess"]
     if fmt:
@@ -177,7 +180,8 @@ def _bad_input(kind: str, folder: Path) -> Path:
         return folder / "docs"
     if kind == "not hu":
         rng = np.random.default_rng(0)
-        return _write(folder / "raw.nrrd", sitk.GetImageFromArray(rng.integers(0, 4096, (4, 16, 16)).astype(np.uint16)))
+        raw = rng.integers(0, 4096, (4, 16, 16)).astype(np.uint16)  # stored values, intercept missing
+        return _write(folder / "raw.nrrd", sitk.GetImageFromArray(raw))
     raise ValueError(kind)
 
 
@@ -216,8 +220,8 @@ def test_existing_output_exits_4_and_is_untouched(phantom_ct, oracle_model_path,
     code, _, err = run_cli(["segment", phantom_ct, out, "--model", oracle_model_path], capsys)
     assert code == 4 and "already exists" in err and "--overwrite" in err
     assert out.read_bytes() == b"keep me"
-    code, _, err = run_cli(["segment", phantom_ct, out, "--model", oracle_model_path, "--overwrite", "--quiet"],
-                           capsys)
+    code, _, err = run_cli(["segment", phantom_ct, out, "--model", oracle_model_path, "--overwrite",
+                            "--quiet"], capsys)
     assert code == 0, err
     assert sitk.ReadImage(str(out)).GetSize() == sitk.ReadImage(str(phantom_ct)).GetSize()
 
@@ -225,7 +229,8 @@ def test_existing_output_exits_4_and_is_untouched(phantom_ct, oracle_model_path,
 def test_existing_overview_exits_4_and_is_untouched(phantom_ct, oracle_model_path, tmp_path, capsys):
     out, png = tmp_path / "lungs.nrrd", tmp_path / "overview.png"
     png.write_bytes(b"old picture")
-    code, _, err = run_cli(["segment", phantom_ct, out, "--model", oracle_model_path, "--overview", png], capsys)
+    code, _, err = run_cli(["segment", phantom_ct, out, "--model", oracle_model_path, "--overview", png],
+                           capsys)
     assert code == 4 and "overview.png" in err
     assert png.read_bytes() == b"old picture" and not out.exists()
 
@@ -248,7 +253,8 @@ def test_output_replacing_the_input_exits_4(phantom_ct, oracle_model_path, tmp_p
 
 # --- model problems: exit code 5; usage: exit code 2 ----------------------------------------------------
 def test_missing_model_exits_5(phantom_ct, tmp_path, capsys):
-    code, _, err = run_cli(["segment", phantom_ct, tmp_path / "l.nrrd", "--model", tmp_path / "none.keras"], capsys)
+    code, _, err = run_cli(["segment", phantom_ct, tmp_path / "l.nrrd", "--model", tmp_path / "none.keras"],
+                           capsys)
     assert code == 5 and "Model file not found" in err
 
 

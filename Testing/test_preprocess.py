@@ -59,7 +59,7 @@ def test_a_dot_lands_at_its_millimetre_position_on_the_model_grid():
     start = np.array(center) - (SPEC.size - 1) / 2 * SPEC.pixel_mm
     expected = (np.array(dot) * spacing - start) / SPEC.pixel_mm
     weights = out[0]
-    found = np.array([(weights.sum(axis=1) * np.arange(64)).sum(), (weights.sum(axis=0) * np.arange(64)).sum()])
+    found = np.array([weights.sum(axis=1) @ np.arange(64), weights.sum(axis=0) @ np.arange(64)])
     found /= weights.sum()
     assert np.allclose(found, expected, atol=0.25)
 
@@ -73,7 +73,8 @@ def test_window_and_outside_of_the_scan():
     assert np.allclose(r.to_model(np.full((1,) + shape, -3024.0)), 0.0)
 
 
-@pytest.mark.parametrize("shape, spacing", [((45, 37), (4.1, 5.3)), ((128, 96), (1.0, 1.0)), ((9, 70), (7.0, 2.0))])
+@pytest.mark.parametrize("shape, spacing", [((45, 37), (4.1, 5.3)), ((128, 96), (1.0, 1.0)),
+                                            ((9, 70), (7.0, 2.0))])
 def test_maps_come_back_onto_the_input_slices(shape, spacing):
     extent = np.array(shape) * spacing
     center = tuple(extent / 2 - np.array(spacing) / 2 + [3.0, -2.0])

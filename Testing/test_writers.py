@@ -22,8 +22,9 @@ def labelmap():
     return labels, geometry
 
 
-@pytest.mark.parametrize("name, fmt", [("lungs.nrrd", "nrrd"), ("lungs.nii", "nii"), ("lungs.nii.gz", "nii.gz"),
-                                       ("lungs.mha", "mha"), ("lungs.seg.nrrd", "seg.nrrd")])
+@pytest.mark.parametrize("name, fmt", [("lungs.nrrd", "nrrd"), ("lungs.nii", "nii"),
+                                       ("lungs.nii.gz", "nii.gz"), ("lungs.mha", "mha"),
+                                       ("lungs.seg.nrrd", "seg.nrrd")])
 def test_every_format_reads_back_on_the_same_grid(tmp_path, labelmap, name, fmt):
     labels, geometry = labelmap
     path = write_labelmap(labels, geometry, tmp_path / name)
