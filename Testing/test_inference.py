@@ -50,6 +50,18 @@ def test_progress_counts_canonical_slices(chest_phantom, oracle_model):
     assert progress.calls == [(16, 40), (32, 40), (40, 40)]
 
 
+def test_slices_without_body_are_background_and_still_counted(phantom_case, oracle_model):
+    ct, geometry = phantom_case
+    padded = ct.copy()
+    padded[[0, 1, -1]] = -1000  # air above and below the chest (lung-like HU nowhere)
+    padded[0, :3, :3] = -800    # a few lung-like voxels in an otherwise empty slice: still no body
+    progress = Recorder()
+    labels = segment_array(padded, geometry, oracle_model, batch_size=4, progress=progress).labels
+    assert progress.calls == [(4, 10), (8, 10), (10, 10)]
+    assert not labels[[0, 1, -1]].any()
+    assert labels[2:-1].any()
+
+
 def test_cancel_from_the_progress_callback_stops_after_the_first_batch(phantom_case, oracle_model):
     ct, geometry = phantom_case
     cancel = threading.Event()
