@@ -39,19 +39,30 @@ def lps(points_ij, k):
     return out
 
 
-def write_ct_series(folder: Path, frame: str = FRAME) -> None:
+def standard_geometry():
+    from LungSegLib.geometry import Geometry
+
+    return Geometry(SPACING, ORIGIN)
+
+
+def write_ct_series(folder: Path, frame: str = FRAME, hu=None, geometry=None) -> None:
+    """One DICOM file per slice of ``hu`` ([k, j, i]) on ``geometry`` (default: the standard test grid)."""
     folder.mkdir(parents=True, exist_ok=True)
-    hu = np.full(SHAPE, 40, np.int16)
-    hu[:, :, :2] = -1000
-    series = "1.2.826.0.1.3680043.2.1125.77.2"
-    for k in range(SHAPE[0]):
+    if hu is None:
+        hu = np.full(SHAPE, 40, np.int16)
+        hu[:, :, :2] = -1000
+    geometry = geometry or standard_geometry()
+    row_col = np.concatenate([geometry.direction[:, 0], geometry.direction[:, 1]])  # Image Orientation
+    orientation = "\\".join(f"{v:g}" for v in row_col)
+    uid = "1.2.826.0.1.3680043.2.1125.77"
+    for k in range(hu.shape[0]):
         image = sitk.GetImageFromArray(hu[k])
-        image.SetSpacing(SPACING[:2])
-        tags = {"0008|0060": "CT", "0008|0016": CT_SOP_CLASS, "0008|0018": f"{series}.{k + 1}",
-                "0020|000d": "1.2.826.0.1.3680043.2.1125.77.3", "0020|000e": series, "0020|0052": frame,
+        image.SetSpacing(geometry.spacing[:2])
+        position = geometry.ijk_to_lps()[:3] @ np.array([0.0, 0.0, k, 1.0])
+        tags = {"0008|0060": "CT", "0008|0016": CT_SOP_CLASS, "0008|0018": f"{uid}.2.{k + 1}",
+                "0020|000d": f"{uid}.3", "0020|000e": f"{uid}.2", "0020|0052": frame,
                 "0010|0020": "RT-TEST", "0020|0013": str(k + 1),
-                "0020|0032": "\\".join(f"{v:g}" for v in (ORIGIN[0], ORIGIN[1], ORIGIN[2] + k * SPACING[2])),
-                "0020|0037": "1\\0\\0\\0\\1\\0", "0018|0050": f"{SPACING[2]:g}",
+                "0020|0032": "\\".join(f"{v:.4f}" for v in position), "0020|0037": orientation,
                 "0028|1052": "-1024", "0028|1053": "1"}
         for key, value in tags.items():
             image.SetMetaData(key, value)
@@ -61,8 +72,9 @@ def write_ct_series(folder: Path, frame: str = FRAME) -> None:
         writer.Execute(image)
 
 
-def write_rtstruct(path: Path, rois, frame: str = FRAME) -> Path:
-    """rois: [(name, [(contour points (i, j), k, geometric type), ...]), ...]"""
+def write_rtstruct(path: Path, rois, frame: str = FRAME, to_lps=lps) -> Path:
+    """rois: [(name, [(contour points (i, j), k, geometric type), ...]), ...]; ``to_lps(points, k)`` maps
+    index points to flat LPS ContourData (default: the standard test grid)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -96,7 +108,7 @@ def write_rtstruct(path: Path, rois, frame: str = FRAME) -> Path:
             c = Dataset()
             c.ContourGeometricType = kind
             c.NumberOfContourPoints = len(points)
-            c.ContourData = lps(points, k)
+            c.ContourData = to_lps(points, k)
             item.ContourSequence.append(c)
         ds.ROIContourSequence.append(item)
     ds.save_as(str(path), enforce_file_format=True)
@@ -220,3 +232,46 @@ def test_roi_names_match_case_insensitively():
     names = RoiNames()
     assert names.role("  rt   lung ") == "right" and names.role("LUNG_LT") == "left"
     assert names.role("Lungs") == "lung" and names.role("Heart") is None
+
+
+def outline_contours(mask2d: np.ndarray):
+    """Marching-squares outlines (iso 0.5) of a binary slice as (i, j) index polygons: outer and hole rings."""
+    import contourpy
+
+    gen = contourpy.contour_generator(z=np.pad(mask2d, 1).astype(float), line_type="Separate")
+    return [line[:-1] - 1.0 for line in gen.lines(0.5)]
+
+
+@pytest.mark.parametrize("combined", [False, True])
+def test_phantom_round_trip_on_a_flipped_grid(tmp_path, chest_phantom, combined):
+    """Outlines of known labels, drawn on a CT whose i and j axes run towards patient right and anterior,
+    come back as the same labels — also when both lungs are one structure split by side."""
+    shape, spacing = (6, 40, 48), (6.0, 6.0, 15.0)
+    geometry = chest_phantom.geometry(shape, spacing, direction=np.diag([-1.0, -1.0, 1.0]))
+    truth = chest_phantom.labels(geometry, shape)
+    folder = tmp_path / "dicom"
+    write_ct_series(folder, hu=chest_phantom.ct(geometry, shape), geometry=geometry)
+
+    def contours(label):
+        return [(poly, k, "CLOSED_PLANAR") for k in range(shape[0])
+                for poly in outline_contours(truth[k] == label)]
+
+    if combined:
+        rois = [("Lungs", contours(1) + contours(2))]
+    else:
+        rois = [("Right Lung", contours(1)), ("Left Lung", contours(2))]
+
+    def to_lps(points, k):
+        ijk1 = np.column_stack([np.asarray(points, float), np.full(len(points), float(k)), np.ones(len(points))])
+        return [round(float(v), 4) for v in (geometry.ijk_to_lps() @ ijk1.T).T[:, :3].ravel()]
+
+    rs = write_rtstruct(tmp_path / "rs.dcm", rois, to_lps=to_lps)
+    report = import_rtstruct(folder, rs, tmp_path / "case")
+    ct = sitk.ReadImage(str(tmp_path / "case" / "ct.nrrd"))
+    assert np.allclose(ct.GetDirection(), geometry.direction.ravel())
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "case" / "label.nrrd")))
+    assert (truth == 1).sum() > 100 and (truth == 2).sum() > 100
+    assert np.array_equal(labels, truth)
+    assert report.lr_consistent_LPS and report.centroid_x_right < report.centroid_x_left
+    assert report.used_combined == (["Lungs"] if combined else [])
+
