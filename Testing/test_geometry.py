@@ -199,6 +199,20 @@ def test_same_ct_in_any_axis_order_gives_the_same_labels(base_case, oracle_model
     assert centroid_lps(labels == 1, geometry)[0] < centroid_lps(labels == 2, geometry)[0]
 
 
+@pytest.mark.parametrize("perm, flips", [((0, 1, 2), (True, False, False)), ((1, 0, 2), (True, True, False)),
+                                         ((2, 1, 0), (False, True, True)), ((0, 2, 1), (True, False, True))])
+def test_real_ct_in_another_axis_order_gives_the_same_labels(real_ct_crop, oracle_model, perm, flips):
+    image = sitk.ReadImage(str(real_ct_crop))
+    reference = segment_array(sitk.GetArrayViewFromImage(image), Geometry.from_sitk(image), oracle_model,
+                              batch_size=6).labels
+    assert (reference == 1).sum() > 1000 and (reference == 2).sum() > 1000
+    moved = variant(image, perm, flips)
+    geometry = Geometry.from_sitk(moved)
+    labels = segment_array(sitk.GetArrayViewFromImage(moved), geometry, oracle_model, batch_size=6).labels
+    assert np.array_equal(back_on_grid(labels, moved, image), reference)
+    assert centroid_lps(labels == 1, geometry)[0] < centroid_lps(labels == 2, geometry)[0]
+
+
 @pytest.mark.parametrize("perm, flips, suffix", [
     ((0, 1, 2), (True, True, False), ".nii.gz"),   # the usual RAS-ordered NIfTI
     ((0, 1, 2), (False, False, False), ".nii"),

@@ -130,3 +130,22 @@ def test_missing_parent_folders_are_created(tmp_path, labelmap):
     labels, geometry = labelmap
     path = write_labelmap(labels, geometry, tmp_path / "a" / "b" / "lungs.nii.gz")
     assert path.is_file()
+
+
+def test_seg_nrrd_opens_in_slicers_segmentation_reader(tmp_path, labelmap):
+    slicer = pytest.importorskip("slicer")
+    labels, geometry = labelmap
+    path = write_labelmap(labels, geometry, tmp_path / "lungs.seg.nrrd")
+    scene = slicer.vtkMRMLScene()
+    node = slicer.vtkMRMLSegmentationNode()
+    scene.AddNode(node)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    segmentation = node.GetSegmentation()
+    segments = [segmentation.GetNthSegment(n) for n in range(segmentation.GetNumberOfSegments())]
+    assert [(s.GetName(), s.GetLabelValue()) for s in segments] == [("Right lung", 1), ("Left lung", 2)]
+    assert np.allclose(segments[0].GetColor(), SEGMENTS[0].color)
+    assert "SCT^39607008^Lung~SCT^24028007^Right" in segments[0].GetTerminology()
+    assert "SCT^39607008^Lung~SCT^7771000^Left" in segments[1].GetTerminology()
