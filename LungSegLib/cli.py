@@ -121,6 +121,9 @@ def _add_train_parser(sub) -> None:
                    help="stop after this many epochs without improvement (0: never)")
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="stop after the epoch that passes this wall-clock time (0: no limit)")
+    p.add_argument("--select", choices=("best", "last"), default="best",
+                   help="which epoch becomes best.keras: best validation Dice (default; lowest loss "
+                        "without validation) or the last (when the validation case is a test case)")
     p.add_argument("--no-augment", action="store_true", help="train on the slices as they are")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--cache-dir", help="where resampled cases are cached (default RUN_DIR/cache)")
@@ -139,7 +142,7 @@ def _run_train(args) -> int:
                          depth=args.depth, epochs=args.epochs or TrainConfig.epochs,
                          steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                          learning_rate=args.lr, patience=args.patience, seed=args.seed,
-                         augment=not args.no_augment, max_minutes=args.max_minutes)
+                         augment=not args.no_augment, max_minutes=args.max_minutes, select=args.select)
     verbose = 2 if args.quiet or not sys.stderr.isatty() else 1
     result = train(args.cases_dir, args.out, config, val=args.val, split_file=args.split,
                    resume=args.resume, epochs=args.epochs, cache_dir=args.cache_dir, verbose=verbose)

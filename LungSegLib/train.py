@@ -37,7 +37,9 @@ CLASSES_1 = ("background", "lung")
 @dataclass
 class TrainConfig:
     """The training recipe. Sizes in pixels of the model grid; ``max_minutes`` caps wall-clock time
-    (checked after each epoch, 0 = no cap)."""
+    (checked after each epoch, 0 = no cap). ``select`` is which epoch becomes ``best.keras``: "best"
+    (the monitored score) or "last" (when the validation cases are really a test set, as in
+    leave-one-patient-out, choosing an epoch on them would flatter the score)."""
 
     n_classes: int = 3
     loss: str = "ce_dice"
@@ -53,6 +55,7 @@ class TrainConfig:
     lung_fraction: float = 0.8
     augment: bool = True
     max_minutes: float = 0.0
+    select: str = "best"
     size: int = 256
     pixel_mm: float = 1.5
     hu_window: Tuple[float, float] = (-1024.0, 600.0)
@@ -150,6 +153,7 @@ def _callbacks_module():
             run = self.run
             lr = self.model.optimizer.learning_rate
             logs["lr"] = float(lr(self.model.optimizer.iterations) if callable(lr) else np.asarray(lr))
+            logs["minutes"] = (time.monotonic() - self.started) / 60  # since this (re)start
             if run.val_cases:
                 per_case = evaluate_cases(self.model, run.val_cases, run.config.n_classes, run.config.batch_size)
                 total = sum(per_case.values())
@@ -160,7 +164,8 @@ def _callbacks_module():
                 logs["val_dice"] = float(np.mean(dice))
             score = float(logs[run.monitor])
             state = run.state
-            improved = state.get("best") is None or (score > state["best"] if run.maximize else score < state["best"])
+            improved = (run.config.select == "last" or state.get("best") is None
+                        or (score > state["best"] if run.maximize else score < state["best"]))
             if improved:
                 state.update(best=score, best_epoch=epoch + 1, wait=0,
                              best_logs={k: float(v) for k, v in logs.items()})
@@ -236,7 +241,8 @@ class _Run:
                          "epochs_planned": cfg.epochs, "epoch": state.get("best_epoch"),
                          "seed": cfg.seed, "lung_fraction": cfg.lung_fraction,
                          "augmentation": asdict(cfg.augment_config) if cfg.augment else None,
-                         "selected_by": f"{'max' if self.maximize else 'min'} {self.monitor}",
+                         "selected_by": ("last epoch" if cfg.select == "last"
+                                         else f"{'max' if self.maximize else 'min'} {self.monitor}"),
                          "best_logs": state.get("best_logs", {})},
             "data": {"cases_dir": str(self.cases_dir), "train_cases": list(self.split.train),
                      "val_cases": list(self.split.val),
@@ -303,6 +309,8 @@ def train(cases_dir: os.PathLike, run_dir: os.PathLike, config: Optional[TrainCo
             raise OutputError(f"{run_dir} already holds a training run; use --resume to continue it or "
                               "choose another output folder.")
         state = {"epoch": 0, "best": None, "wait": 0}
+    if config.select not in ("best", "last"):
+        raise InputError(f"select must be 'best' or 'last', got {config.select!r}")
     if config.n_classes not in (1, 3):
         raise InputError(f"--classes must be 1 or 3, got {config.n_classes}")
     SegmentationLoss(config.loss, config.n_classes)  # refuse a bad loss before the slow parts

@@ -248,11 +248,13 @@ def test_train_validate_resume_and_load_the_checkpoint(phantom_cases, tmp_path):
 def test_binary_model_trains_and_loads(phantom_cases, tmp_path):
     from LungSegLib.model import load_model
 
-    result = train(phantom_cases, tmp_path / "bin", tiny_config(n_classes=1, loss="bce", epochs=1),
+    result = train(phantom_cases, tmp_path / "bin",
+                   tiny_config(n_classes=1, loss="bce", epochs=2, steps_per_epoch=2, select="last"),
                    val=["p3"], verbose=0, log=lambda *_: None)
     loaded = load_model(result.best_model)
     assert loaded.n_classes == 1 and loaded.classes == ("background", "lung")
     assert "val_dice_lung" in _log_rows(tmp_path / "bin")[0]
+    assert result.best_epoch == 2 and loaded.card["training"]["selected_by"] == "last epoch"
 
 
 def test_resume_needs_a_run(phantom_cases, tmp_path):

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # How the bundled model (Resources/Models/lungseg_unet_3class.keras) and its leave-one-patient-out
-# (LOPO) check were trained: CPU only (2 shared cores), TensorFlow 2.21.
+# (LOPO) check were trained and measured: CPU only (2 shared cores), TensorFlow 2.21.
 #
-#   benchmarks/train_bundled.sh final   # all cases -> $RUNS/bundled (about 29 min)
-#   benchmarks/train_bundled.sh lopo    # one fold per case, shorter (about 9 min each)
+#   benchmarks/train_bundled.sh final     # all cases -> $RUNS/bundled (29 min cap)
+#   benchmarks/train_bundled.sh install   # $RUNS/bundled/best.keras -> Resources/Models + card
+#   benchmarks/train_bundled.sh lopo      # one shorter fold per case (last epoch kept), scored on the left-out case
 #
 # LUNGSEG_DATA_DIR defaults to ../shared/data (next to the repository clone); RUNS to /tmp/lungseg_runs.
 set -euo pipefail
@@ -11,21 +12,47 @@ cd "$(dirname "$0")/.."
 DATA="${LUNGSEG_DATA_DIR:-../shared/data}/cases"
 RUNS="${RUNS:-/tmp/lungseg_runs}"
 LUNGSEG="${LUNGSEG:-lungseg}"
+PYTHON="${PYTHON:-python}"
 RECIPE=(--classes 3 --loss ce_dice --base-filters 8 --depth 4 --batch-size 8 --steps-per-epoch 50 --seed 0
         --cache-dir "$RUNS/cache" --quiet)
 export TF_CPP_MIN_LOG_LEVEL=2
 
 case "${1:-final}" in
   final)
-    # All cases, no validation: the cosine schedule runs over 32 x 50 steps, capped at 29 minutes.
+    # All cases, no validation: the cosine schedule is planned over 32 x 50 steps, capped at 29 minutes.
     $LUNGSEG train "$DATA" --out "$RUNS/bundled" "${RECIPE[@]}" --epochs 32 --patience 0 --max-minutes 29
     ;;
+  install)
+    # The run's best.keras becomes the bundled model; its card gets the data licences (see the data README).
+    cp "$RUNS/bundled/best.keras" Resources/Models/lungseg_unet_3class.keras
+    $PYTHON - "$RUNS/bundled/best.json" <<'PY'
+import json, sys
+from LungSegLib.model import BUNDLED_MODEL, models_dir, write_card
+card = json.load(open(sys.argv[1]))
+card["name"] = "lungseg_unet_3class"
+card["data"]["cases_dir"] = "shared/data/cases (3 clinical chest CTs with radiotherapy lung contours)"
+card["data"]["sources"] = {
+    "LUNG1-001, LUNG1-002": "NSCLC-Radiomics (TCIA), CC BY-NC 3.0; Aerts et al., Nat Commun 5:4006 (2014), "
+                            "doi:10.7937/K9/TCIA.2015.PF0M9REI",
+    "ACRIN-FLT-Breast-001": "ACRIN-FLT-Breast (ACRIN 6688, TCIA), CT CC BY 3.0, "
+                            "doi:10.7937/K9/TCIA.2017.ol20zmxg; lung labels from a public tutorial repository"}
+card["licence_note"] = ("Trained on non-commercial data (NSCLC-Radiomics, CC BY-NC 3.0): the weights are "
+                        "for research / non-commercial use. See MODEL_CARD.md.")
+card["model_card"] = "MODEL_CARD.md"
+write_card(models_dir() / BUNDLED_MODEL, card)
+PY
+    ;;
   lopo)
+    mkdir -p benchmarks/results/lopo
     for dir in "$DATA"/*/; do
       case_id="$(basename "$dir")"
       $LUNGSEG train "$DATA" --out "$RUNS/lopo-$case_id" --val "$case_id" "${RECIPE[@]}" \
-        --epochs 10 --patience 0 --max-minutes 8.5
+        --epochs 7 --patience 0 --max-minutes 9 --select last
+      cp "$RUNS/lopo-$case_id/log.csv" "benchmarks/results/lopo/$case_id.log.csv"
+      # full inference pipeline (post-processing on) on the left-out case's own grid
+      $LUNGSEG evaluate "$RUNS/lopo-$case_id/best.keras" "$DATA" --cases "$case_id" \
+        --out "benchmarks/results/lopo/$case_id" --overwrite --quiet
     done
     ;;
-  *) echo "usage: $0 final|lopo" >&2; exit 2 ;;
+  *) echo "usage: $0 final|install|lopo" >&2; exit 2 ;;
 esac
