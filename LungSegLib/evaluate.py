@@ -279,8 +279,8 @@ def score_case(pred: np.ndarray, truth: np.ndarray, geometry: Geometry, case: st
         v_pred = metrics.volume_ml(p, spacing, valid)
         v_truth = metrics.volume_ml(t, spacing, valid)
         err_ml, err_pct = metrics.volume_error(v_pred, v_truth)
-        lungs.append(LungScores(name, metrics.dice(p, t, valid), metrics.iou(p, t, valid),
-                                metrics.hd95(p, t, spacing, valid), metrics.assd(p, t, spacing, valid),
+        hd, asd = metrics.hd95_and_assd(p, t, spacing, valid)
+        lungs.append(LungScores(name, metrics.dice(p, t, valid), metrics.iou(p, t, valid), hd, asd,
                                 v_pred, v_truth, err_ml, err_pct))
     swapped, as_is, exchanged = metrics.sides_swapped(pred, truth, valid_for((0, RIGHT, LEFT)))
     return CaseScores(case, lungs, swapped, as_is, exchanged, excluded)

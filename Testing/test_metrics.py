@@ -32,6 +32,7 @@ def test_empty_mask_conventions():
     for a, b in ((one, empty), (empty, one)):
         assert metrics.dice(a, b) == 0.0 and metrics.iou(a, b) == 0.0
         assert math.isinf(metrics.hd95(a, b, spacing)) and math.isinf(metrics.assd(a, b, spacing))
+        assert all(math.isinf(v) for v in metrics.hd95_and_assd(a, b, spacing))
     with pytest.raises(ValueError):
         metrics.surface_distances(one, empty, spacing)
 
@@ -93,6 +94,7 @@ def test_surface_distances_match_brute_force_on_random_blobs():
                                                             np.percentile(want_ba, 95)))
     pooled = np.concatenate([want_ab, want_ba])
     assert metrics.assd(a, b, spacing) == pytest.approx(pooled.mean())
+    assert metrics.hd95_and_assd(a, b, spacing) == pytest.approx((metrics.hd95(a, b, spacing), pooled.mean()))
 
 
 def test_valid_mask_leaves_slices_out():
