@@ -105,5 +105,10 @@ class LungSegmenter:
         if overview_path is not None:
             from .overview import write_overview
 
-            write_overview(volume, result.labels, geometry, overview_path)
+            try:
+                Path(overview_path).parent.mkdir(parents=True, exist_ok=True)
+                write_overview(volume, result.labels, geometry, overview_path)
+            except OSError as exc:
+                raise OutputError(f"Could not write the overview {overview_path}: "
+                                  f"{exc.strerror or exc}") from exc
         return result

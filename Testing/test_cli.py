@@ -235,6 +235,19 @@ def test_existing_overview_exits_4_and_is_untouched(phantom_ct, oracle_model_pat
     assert png.read_bytes() == b"old picture" and not out.exists()
 
 
+def test_overview_goes_into_new_folders_and_a_bad_place_exits_4(phantom_ct, oracle_model_path, tmp_path,
+                                                                 capsys):
+    png = tmp_path / "new" / "folder" / "overview.png"
+    code, _, err = run_cli(["segment", phantom_ct, tmp_path / "a.nrrd", "--model", oracle_model_path,
+                            "--overview", png, "--quiet"], capsys)
+    assert code == 0, err
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "file").write_text("not a folder")
+    code, _, err = run_cli(["segment", phantom_ct, tmp_path / "b.nrrd", "--model", oracle_model_path,
+                            "--overview", tmp_path / "file" / "overview.png", "--quiet"], capsys)
+    assert code == 4 and "overview" in err
+
+
 @pytest.mark.parametrize("name", ["lungs.png", "lungs"])
 def test_unknown_output_extension_exits_4(phantom_ct, oracle_model_path, tmp_path, capsys, name):
     code, _, err = run_cli(["segment", phantom_ct, tmp_path / name, "--model", oracle_model_path], capsys)
