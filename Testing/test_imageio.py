@@ -50,7 +50,7 @@ def test_trailing_singleton_time_axis_is_dropped(tmp_path):
 # --- DICOM ----------------------------------------------------------------------------------------
 def write_series(folder, hu: np.ndarray, series_uid: str, *, modality: str = "CT", slope: float = 1.0,
                  intercept: float = -1024.0, spacing=(0.75, 0.75, 2.5), origin=(-100.0, -120.0, -50.0),
-                 seed: int = 0) -> None:
+                 seed: int = 0, orientation=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))) -> None:
     """Write ``hu`` ([k, j, i]) as a DICOM series with SimpleITK, one file per slice.
 
     File names and instance numbers are shuffled, so only the Image Position (Patient) tells the slice
@@ -64,11 +64,13 @@ def write_series(folder, hu: np.ndarray, series_uid: str, *, modality: str = "CT
     for n, k in enumerate(order):
         image = sitk.GetImageFromArray(hu[k])
         image.SetSpacing(spacing[:2])
-        position = (origin[0], origin[1], origin[2] + k * spacing[2])
+        normal = np.cross(orientation[0], orientation[1])
+        position = np.asarray(origin) + k * spacing[2] * normal
         tags = {
             "0008|0060": modality, "0008|0016": sop_class, "0008|0018": f"{series_uid}.{k + 1}",
             "0020|000d": "1.2.826.0.1.3680043.2.1125.9", "0020|000e": series_uid,
-            "0020|0032": "\\".join(f"{v:g}" for v in position), "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0032": "\\".join(f"{v:.6f}" for v in position),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in np.ravel(orientation)),
             "0020|0013": str(n + 1), "0018|0050": f"{spacing[2]:g}",
             "0028|1052": f"{intercept:g}", "0028|1053": f"{slope:g}",
         }
@@ -94,6 +96,22 @@ def test_dicom_series_sorted_by_position_with_rescale_applied(tmp_path):
     stored = pydicom.dcmread(next((tmp_path / "series").iterdir()))
     assert float(stored.RescaleSlope) == 2.0 and float(stored.RescaleIntercept) == -1024.0
     assert stored.pixel_array.min() >= 0
+
+
+def test_oblique_dicom_series_keeps_its_direction(tmp_path):
+    c, s = np.cos(np.radians(10)), np.sin(np.radians(10))
+    rotation = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    row, col = rotation[:, 0], rotation[:, 1]  # rotated about z and tilted about x
+    hu = (np.arange(5 * 4 * 3).reshape(5, 4, 3) * 10 - 900).astype(np.int16)
+    write_series(tmp_path / "oblique", hu, "1.2.826.0.1.3680043.2.1125.4.1", orientation=(row, col),
+                 origin=(10.0, 20.0, 30.0), spacing=(0.5, 0.6, 2.0))
+    image = read_ct(tmp_path / "oblique")
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    assert np.allclose(direction[:, 0], row, atol=1e-5) and np.allclose(direction[:, 1], col, atol=1e-5)
+    assert np.allclose(direction[:, 2], np.cross(row, col), atol=1e-5)
+    assert np.allclose(image.GetSpacing(), (0.5, 0.6, 2.0), atol=1e-4)
+    assert np.allclose(image.GetOrigin(), (10.0, 20.0, 30.0), atol=1e-4)
+    assert np.array_equal(sitk.GetArrayFromImage(image), hu)
 
 
 def test_dicom_folder_picks_the_largest_ct_series(tmp_path):
