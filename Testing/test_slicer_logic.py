@@ -273,10 +273,10 @@ def test_missing_requirements_reads_markers_and_accepts_any_tensorflow_build(tmp
                             "tensorflow-cpu>=2.16,<3  # any installed TensorFlow build counts\n"
                             "tensorflow>=2.16,<3\n"
                             "numpy>=1.0\n"
-                            "numpy>=999\n"
-                            "surely-not-installed-lungseg-pkg>=1\n"
+                            "numpy >= 999\n"
+                            "surely-not-installed-lungseg-pkg>=1,<2\n"
                             "scipy>=999; sys_platform == 'nonexistent'\n")
-    assert missing_requirements(requirements) == ["numpy>=999", "surely-not-installed-lungseg-pkg>=1"]
+    assert missing_requirements(requirements) == ["numpy>=999", "surely-not-installed-lungseg-pkg<2,>=1"]
     assert missing_requirements() == []  # the shipped Resources/requirements.txt, in this environment
 
 

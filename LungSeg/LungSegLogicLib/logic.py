@@ -90,7 +90,7 @@ def _installed_version(name: str) -> Optional[str]:
 
 
 def missing_requirements(path: Path = REQUIREMENTS_FILE) -> List[str]:
-    """Requirement lines of ``path`` (for this platform) that this Python does not satisfy.
+    """Requirements of ``path`` (those for this platform, as pip arguments) that this Python lacks.
 
     Only package metadata is read, nothing is imported, so this is fast and safe from the GUI.
     """
@@ -108,7 +108,7 @@ def missing_requirements(path: Path = REQUIREMENTS_FILE) -> List[str]:
             continue
         version = _installed_version(req.name)
         if version is None or not req.specifier.contains(version, prereleases=True):
-            missing.append(line)
+            missing.append(f"{req.name}{req.specifier}")  # no marker, no spaces: one pip argument
     return missing
 
 

@@ -106,18 +106,14 @@ class WorkerProcess:
 
 
 def python_executable() -> str:
-    """The Python that runs the worker: Slicer's ``PythonSlicer`` inside 3D Slicer (where
-    ``sys.executable`` is the application itself), else this interpreter."""
+    """The Python that runs the worker: ``sys.executable``, which 3D Slicer sets to its ``PythonSlicer``
+    (the application binary itself is not a Python), else ``PythonSlicer`` found on PATH."""
     import shutil
 
-    name = os.path.basename(sys.executable).lower()
-    if "python" in name:
+    if sys.executable and "python" in os.path.basename(sys.executable).lower():
         return sys.executable
-    found = shutil.which("PythonSlicer")  # the Slicer launcher puts it on PATH
+    found = shutil.which("PythonSlicer")
     if found:
         return found
-    candidate = os.path.join(os.path.dirname(sys.executable), "PythonSlicer" + (".exe" if os.name == "nt" else ""))
-    if os.path.isfile(candidate):
-        return candidate
-    raise FileNotFoundError(f"Cannot find Slicer's Python (PythonSlicer) next to {sys.executable} or on PATH; "
-                            "the segmentation worker needs it.")
+    raise FileNotFoundError(f"Cannot find a Python to run the segmentation worker (sys.executable is "
+                            f"{sys.executable!r} and PythonSlicer is not on PATH).")

@@ -1,0 +1,415 @@
+"""LungSeg: right and left lung segmentation of chest CT in 3D Slicer.
+
+The panel (``LungSegWidget``) is thin: it keeps the user's choices in a parameter node, asks before
+installing packages or replacing segments, and polls a ``SegmentationTask`` from a QTimer. All the work
+is in ``LungSegLogicLib`` (MRML, no Qt) and the ``LungSegLib`` worker process (the network).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import vtk
+
+import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+
+def _moduleRoots():
+    """Where Resources/ and LungSegLib/ are: beside this file in an installed extension, one folder
+    up in a source checkout (the module path added by hand for development)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return here, os.path.dirname(here)
+
+
+def resourcePath(relativePath: str) -> str:
+    """Path of ``Resources/<relativePath>``."""
+    for root in _moduleRoots():
+        path = os.path.join(root, "Resources", relativePath)
+        if os.path.exists(path):
+            return path
+    return os.path.join(_moduleRoots()[0], "Resources", relativePath)
+
+
+for _root in _moduleRoots():
+    if os.path.isfile(os.path.join(_root, "LungSegLib", "__init__.py")):
+        if _root not in sys.path:
+            sys.path.insert(0, _root)
+        break
+
+import LungSegLogicLib  # noqa: E402  (needs the path above)
+from LungSegLib.errors import LungSegError  # noqa: E402
+
+#: Device choices shown in the panel (the worker's --device values).
+DEVICES = ["auto", "cpu", "gpu"]
+
+
+#
+# LungSeg
+#
+
+
+class LungSeg(ScriptedLoadableModule):
+    """Module description shown in Slicer's module list and help panel."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        import qt
+
+        self.parent.title = _("Lung Segmentation (LungSeg)")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["LungSeg contributors"]
+        self.parent.helpText = _("""
+Segments the right and the left lung in a chest CT with a 2-D U-Net run slice by slice on the CPU
+(or a GPU). Select a CT volume in Hounsfield units and click <b>Apply</b>; the result is a segmentation
+with the segments "Right lung" and "Left lung". The network runs in a separate process: the
+application stays responsive and <b>Cancel</b> stops it at once.
+The first Apply offers to install TensorFlow (once, about 600 MB).
+""")
+        self.parent.acknowledgementText = _("""
+The sample CT comes from The Cancer Imaging Archive's ACRIN-FLT-Breast collection (CC BY 3.0).
+""")
+        self.parent.icon = qt.QIcon(resourcePath("Icons/LungSeg.png"))
+
+
+#
+# LungSegParameterNode
+#
+
+
+@parameterNodeWrapper
+class LungSegParameterNode:
+    """The panel's choices, saved with the scene.
+
+    inputVolume - the CT to segment (HU).
+    outputSegmentation - where the lung segments go; None creates a new segmentation.
+    postprocess - clean up the network output (largest components, holes, sides).
+    device - "auto", "cpu" or "gpu".
+    batchSize - slices per network call.
+    exportLabelmap - also create a labelmap volume (0 background, 1 right, 2 left lung).
+    show3D - show the segments in 3-D views.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    postprocess: bool = True
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    batchSize: Annotated[int, WithinRange(1, 64)] = 4
+    exportLabelmap: bool = False
+    show3D: bool = True
+
+
+#
+# LungSegWidget
+#
+
+
+class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: choices, Apply/Cancel, progress. The work is in :class:`LungSegLogic`."""
+
+    POLL_INTERVAL_MS = 100
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: Optional[LungSegLogic] = None
+        self.task: Optional[LungSegLogicLib.SegmentationTask] = None
+        self._parameterNode: Optional[LungSegParameterNode] = None
+        self._parameterNodeGuiTag = None
+        self._timer = None
+
+    def setup(self) -> None:
+        import qt
+
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(resourcePath("UI/LungSeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = LungSegLogic()
+        self._timer = qt.QTimer()
+        self._timer.setInterval(self.POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self.onTimer)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.show3DCheckBox.connect("toggled(bool)", self.onShow3DToggled)
+        self._setStatus(_("Select a CT volume and click Apply."))
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self._cancelTask()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._cancelTask()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+                if not node.IsA("vtkMRMLLabelMapVolumeNode"):
+                    self._parameterNode.inputVolume = node
+                    break
+
+    def setParameterNode(self, inputParameterNode: Optional[LungSegParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Widgets with a "SlicerParameterName" property in the .ui follow the parameter node.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self._updateButtons()
+
+    # --- state shown in the panel ------------------------------------------------------------------
+    def _updateButtons(self, caller=None, event=None) -> None:
+        running = self.task is not None
+        if running:
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.toolTip = _("Stop the segmentation; the scene is left as it was.")
+            self.ui.applyButton.enabled = True
+        else:
+            self.ui.applyButton.text = _("Apply")
+            ready = bool(self._parameterNode and self._parameterNode.inputVolume)
+            self.ui.applyButton.enabled = ready
+            self.ui.applyButton.toolTip = (_("Segment the lungs of the selected CT.") if ready
+                                           else _("Select an input CT volume."))
+        for widget in (self.ui.inputSelector, self.ui.outputSelector, self.ui.advancedCollapsibleButton):
+            widget.enabled = not running
+
+    def _setStatus(self, text: str, done: int = 0, total: int = 0) -> None:
+        self.ui.statusLabel.text = text
+        self.ui.progressBar.visible = total > 0
+        if total > 0:
+            self.ui.progressBar.maximum = total
+            self.ui.progressBar.value = done
+
+    # --- Apply / Cancel ------------------------------------------------------------------------------
+    def onApplyButton(self) -> None:
+        if self.task is not None:
+            self._cancelTask()
+            self._setStatus(_("Cancelled; nothing was changed."))
+            return
+        p = self._parameterNode
+        if not self.ensureDependencies():
+            return
+        segmentation = p.outputSegmentation
+        if segmentation is not None:
+            existing = self.logic.lungSegmentIds(segmentation)
+            if existing and not slicer.util.confirmOkCancelDisplay(
+                    _("{name} already has the segments {segments}. Replace them? Other segments are kept.").format(
+                        name=segmentation.GetName(), segments=", ".join(existing)),
+                    windowTitle=_("Replace lung segments?")):
+                return
+        with slicer.util.tryWithErrorDisplay(_("Could not start the segmentation."), waitCursor=True):
+            self.task = self.logic.startSegmentation(
+                p.inputVolume, segmentation, postprocess=p.postprocess, device=p.device,
+                progressCallback=self.onProgress, batchSize=p.batchSize, exportLabelmap=p.exportLabelmap,
+                show3D=p.show3D)
+            self._setStatus(_("Starting…"))
+            self._timer.start()
+        self._updateButtons()
+
+    def onProgress(self, done: int, total: int, status: str) -> None:
+        self._setStatus(status, done, total)
+
+    def onTimer(self) -> None:
+        task = self.task
+        if task is None:
+            self._timer.stop()
+            return
+        try:
+            finished = task.poll()
+        except LungSegError as exc:
+            self._finish()
+            self._setStatus(_("Failed: {message}").format(message=exc))
+            details = getattr(exc, "details", "")
+            slicer.util.errorDisplay(_("Lung segmentation failed:\n{message}").format(message=exc),
+                                     **({"detailedText": details} if details else {}))
+            return
+        except Exception as exc:  # a bug: still tell the user, with the traceback
+            import traceback
+
+            self._finish()
+            self._setStatus(_("Failed: {message}").format(message=exc))
+            slicer.util.errorDisplay(_("Lung segmentation failed unexpectedly:\n{message}").format(message=exc),
+                                     detailedText=traceback.format_exc())
+            return
+        if finished:
+            self._finish()
+            self.showOutcome(task.outcome)
+
+    def showOutcome(self, outcome: LungSegLogicLib.SegmentationOutcome) -> None:
+        self._parameterNode.outputSegmentation = outcome.segmentationNode
+        volumes = outcome.volumesMl
+        text = _("Right lung {right:.0f} mL, left lung {left:.0f} mL ({seconds:.1f} s).").format(
+            right=volumes.get("right lung", 0.0), left=volumes.get("left lung", 0.0),
+            seconds=sum(outcome.timingsS.values()))
+        if outcome.warnings:
+            text += "\n" + "\n".join(_("Warning: {w}").format(w=w) for w in outcome.warnings)
+        self._setStatus(text)
+
+    def _finish(self) -> None:
+        self._timer.stop()
+        self.task = None
+        self._updateButtons()
+
+    def _cancelTask(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self._finish()
+
+    def onShow3DToggled(self, show: bool) -> None:
+        segmentation = self._parameterNode.outputSegmentation if self._parameterNode else None
+        if segmentation is not None and self.task is None:
+            self.logic.setShow3D(segmentation, show)
+
+    # --- dependencies ----------------------------------------------------------------------------------
+    def ensureDependencies(self) -> bool:
+        """Offer to install what Resources/requirements.txt lists and is missing; True when all is there."""
+        missing = LungSegLogicLib.missing_requirements()
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+                _("LungSeg needs these Python packages, which are not installed yet:\n\n{packages}\n\n"
+                  "Install them now? This downloads about 600 MB once and takes a few minutes; no restart "
+                  "is needed (the network runs in a separate process).").format(packages="\n".join(missing)),
+                windowTitle=_("Install LungSeg's dependencies?")):
+            self._setStatus(_("TensorFlow is required; nothing was done."))
+            return False
+        with slicer.util.tryWithErrorDisplay(_("Installing the packages failed."), waitCursor=True):
+            try:
+                import slicer.packaging
+
+                ensure = slicer.packaging.pip_ensure
+            except (ImportError, AttributeError):  # Slicer before 5.11
+                ensure = None
+            if ensure is not None:
+                ensure(missing, prompt_install=False, requester="LungSeg")
+            else:
+                slicer.util.pip_install(missing)
+        still = LungSegLogicLib.missing_requirements()
+        if still:
+            slicer.util.errorDisplay(_("These packages are still missing: {packages}. Restart Slicer and try "
+                                       "again, or install them from the Python console with "
+                                       "slicer.util.pip_install.").format(packages=", ".join(still)))
+            return False
+        return True
+
+
+#
+# LungSegLogic
+#
+
+
+class LungSegLogic(ScriptedLoadableModuleLogic, LungSegLogicLib.LungSegLogic):
+    """The module's logic: :class:`LungSegLogicLib.LungSegLogic` (usable from the Python console) plus
+    the parameter node."""
+
+    def getParameterNode(self):
+        return LungSegParameterNode(super().getParameterNode())
+
+
+#
+# LungSegTest
+#
+
+
+class LungSegTest(ScriptedLoadableModuleTest):
+    """Runs in real 3D Slicer: the logic on the bundled sample CT, then the panel's Apply."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_logic_segments_sample_ct()
+        self.setUp()
+        self.test_panel_apply()
+
+    def loadSampleCT(self):
+        path = resourcePath("SampleData/ACRIN-FLT-Breast-001_chest.nrrd")
+        if os.path.isfile(path):
+            return slicer.util.loadVolume(path)
+        import SampleData
+
+        return SampleData.downloadSample("CTChest")
+
+    def test_logic_segments_sample_ct(self):
+        import numpy as np
+
+        self.delayDisplay("Segmenting the sample CT through the logic")
+        volume = self.loadSampleCT()
+        before = slicer.util.arrayFromVolume(volume).copy()
+        progress = []
+        logic = LungSegLogic()
+        segmentation = logic.segment(volume, exportLabelmap=True,
+                                     progressCallback=lambda done, total, status: progress.append((done, total)))
+        segments = segmentation.GetSegmentation()
+        names = [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())]
+        self.assertEqual(names, list(LungSegLogicLib.SEGMENT_NAMES))
+        for i in range(2):
+            segment = segments.GetNthSegment(i)
+            terminology = vtk.reference("")
+            self.assertTrue(segment.GetTag(segment.GetTerminologyEntryTagName(), terminology))
+            self.assertIn("SCT^39607008^Lung", str(terminology))
+        self.assertNotEqual(segments.GetNthSegment(0).GetColor(), segments.GetNthSegment(1).GetColor())
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(volume), before))
+        labels = slicer.util.arrayFromVolume(logic.lastOutcome.labelmapNode)
+        self.assertEqual(labels.shape, before.shape)
+        self.assertTrue(set(np.unique(labels)) <= {0, 1, 2})
+        self.assertEqual(progress[-1][0], volume.GetImageData().GetDimensions()[2])
+        sh = slicer.mrmlScene.GetSubjectHierarchyNode()
+        self.assertEqual(sh.GetItemParent(sh.GetItemByDataNode(segmentation)),
+                         sh.GetItemParent(sh.GetItemByDataNode(volume)))
+        self.delayDisplay("Logic test passed")
+
+    def test_panel_apply(self):
+        import time
+
+        self.delayDisplay("Segmenting the sample CT through the panel")
+        volume = self.loadSampleCT()
+        slicer.util.selectModule("LungSeg")
+        widget = slicer.util.getModuleWidget("LungSeg")
+        widget._parameterNode.inputVolume = volume
+        widget._parameterNode.outputSegmentation = None
+        widget.onApplyButton()
+        self.assertIsNotNone(widget.task)
+        self.assertEqual(widget.ui.applyButton.text, "Cancel")
+        deadline = time.time() + 600
+        while widget.task is not None and time.time() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        self.assertIsNone(widget.task)
+        segmentation = widget._parameterNode.outputSegmentation
+        self.assertIsNotNone(segmentation)
+        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 2)
+        self.assertEqual(widget.ui.applyButton.text, "Apply")
+        self.delayDisplay("Panel test passed")
+
