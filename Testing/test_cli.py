@@ -98,6 +98,11 @@ def test_segment_real_ct_with_the_bundled_model(real_ct_crop, tmp_path):
 
     card = json.loads((models_dir() / "lungseg_unet_3class.json").read_text())
     assert ("placeholder" in proc.stderr) == bool(card.get("placeholder"))
+    if not card.get("placeholder"):  # a trained model must find both lungs, each on its side
+        labels = sitk.GetArrayFromImage(written)
+        geometry = Geometry.from_sitk(written)
+        assert (labels == 1).sum() > 1000 and (labels == 2).sum() > 1000
+        assert centroid_lps(labels == 1, geometry)[0] < centroid_lps(labels == 2, geometry)[0]
 
 
 def test_segment_real_ct_puts_the_right_lung_on_the_patients_right(real_ct_crop, oracle_model_path, tmp_path,
