@@ -270,7 +270,7 @@ class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         volumes = outcome.volumesMl
         text = _("Right lung {right:.0f} mL, left lung {left:.0f} mL ({seconds:.1f} s).").format(
             right=volumes.get("right lung", 0.0), left=volumes.get("left lung", 0.0),
-            seconds=sum(outcome.timingsS.values()))
+            seconds=outcome.elapsedS)
         if outcome.warnings:
             text += "\n" + "\n".join(_("Warning: {w}").format(w=w) for w in outcome.warnings)
         self._setStatus(text)

@@ -140,6 +140,7 @@ def test_segment_creates_lung_segmentation_on_the_volume_grid(mrml_app, ct_in_st
     voxel_ml = np.prod(volume.GetSpacing()) / 1000
     assert outcome.volumesMl["right lung"] == pytest.approx((expected == 1).sum() * voxel_ml)
     assert outcome.modelName == "oracle" and not outcome.placeholderModel
+    assert outcome.elapsedS >= sum(outcome.timingsS.values()) > 0
 
     # subject hierarchy: results sit in the volume's study; 3-D representation exists
     sh = scene.GetSubjectHierarchyNode()
@@ -182,6 +183,8 @@ def test_existing_segmentation_keeps_other_segments(mrml_app, ct_in_study, logic
         _set_mask(target, segment_id, corner, volume)
     tumor_before = segment_mask(scene, target, "Tumor_id", volume)
     assert tumor_before.sum() == 200
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Registration")
+    volume.SetAndObserveTransformNodeID(transform.GetID())
     nodes_before = mrml_app.node_ids()
 
     task = logic.startSegmentation(volume, target, batchSize=4)
@@ -189,6 +192,7 @@ def test_existing_segmentation_keeps_other_segments(mrml_app, ct_in_study, logic
         time.sleep(0.05)
 
     assert mrml_app.node_ids() == nodes_before  # no new segmentation node
+    assert target.GetTransformNodeID() == transform.GetID()  # follows the volume's transform
     assert seg.GetNumberOfSegments() == 3
     assert task.outcome.segmentIds["Right lung"] == "old_right"  # replaced in place, ID kept
     np.testing.assert_array_equal(segment_mask(scene, target, "Tumor_id", volume), tumor_before)
@@ -227,7 +231,7 @@ def test_cancel_leaves_the_scene_as_it_was(mrml_app, ct_in_study, logic):
         logic.segment(volume, cancelEvent=cancel, progressCallback=lambda *a: cancel.set())
     task = tasks[0]
     assert task.process.returncode is not None  # the worker is gone
-    assert not task._tempDir.exists()
+    assert not task.tempDir.exists()
     assert mrml_app.node_ids() == nodes_before
 
 

@@ -114,7 +114,8 @@ def missing_requirements(path: Path = REQUIREMENTS_FILE) -> List[str]:
 
 @dataclass
 class SegmentationOutcome:
-    """What a finished run produced and reported."""
+    """What a finished run produced and reported (``timingsS``: the worker's stages; ``elapsedS``: wall
+    time from start to the nodes being in the scene, including starting Python and TensorFlow)."""
 
     segmentationNode: Any
     segmentIds: Dict[str, str]
@@ -124,6 +125,7 @@ class SegmentationOutcome:
     warnings: List[str] = field(default_factory=list)
     modelName: str = ""
     placeholderModel: bool = False
+    elapsedS: float = 0.0
 
 
 class SegmentationTask:
@@ -144,18 +146,19 @@ class SegmentationTask:
         self.done = 0
         self.total = 0
         self.status = "Starting"
+        self.startTime = time.perf_counter()
         self.doneEvent: Optional[Dict[str, Any]] = None
         self._errorEvent: Optional[Dict[str, Any]] = None
         self.modelEvent: Dict[str, Any] = {}
-        self._tempDir = Path(tempfile.mkdtemp(prefix="LungSeg-"))
+        self.tempDir = Path(tempfile.mkdtemp(prefix="LungSeg-"))
         try:
             self.inputIJKToRAS = volume_ijk_to_ras(volumeNode)
             self.inputShape = volume_array(volumeNode).shape
-            inputPath = write_volume(volume_array(volumeNode), self.inputIJKToRAS, self._tempDir / "input.nrrd")
-            self._outputPath = self._tempDir / "lungs.nrrd"
+            inputPath = write_volume(volume_array(volumeNode), self.inputIJKToRAS, self.tempDir / "input.nrrd")
+            self._outputPath = self.tempDir / "lungs.nrrd"
             argv = worker_command(logic.pythonExecutable or python_executable(), inputPath, self._outputPath,
                                   **workerOptions)
-            self.process = WorkerProcess(argv, env=logic.workerEnvironment(), cwd=str(self._tempDir))
+            self.process = WorkerProcess(argv, env=logic.workerEnvironment(), cwd=str(self.tempDir))
         except BaseException:
             self._cleanup()
             raise
@@ -237,7 +240,7 @@ class SegmentationTask:
         return self.outcome
 
     def _cleanup(self) -> None:
-        shutil.rmtree(self._tempDir, ignore_errors=True)
+        shutil.rmtree(self.tempDir, ignore_errors=True)
 
 
 class LungSegLogic:
@@ -416,7 +419,8 @@ class LungSegLogic:
         outcome = SegmentationOutcome(segmentationNode, segmentIds, labelmapNode,
                                       dict(done.get("volumes_ml", {})), dict(done.get("timings_s", {})),
                                       list(done.get("warnings", [])), str(task.modelEvent.get("name", "")),
-                                      bool(task.modelEvent.get("placeholder", False)))
+                                      bool(task.modelEvent.get("placeholder", False)),
+                                      time.perf_counter() - task.startTime)
         for warning in outcome.warnings:
             logging.warning("LungSeg: %s", warning)
         return outcome
