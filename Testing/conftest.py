@@ -5,6 +5,7 @@ Only ADD fixtures here (several test files share this module).
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Optional, Sequence, Tuple
 
@@ -300,3 +301,52 @@ def mrml_app():
         del slicer.mrmlScene
     else:
         slicer.mrmlScene = previous
+
+
+# --- DICOM series written with SimpleITK ---------------------------------------------------------------
+CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"
+MR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def write_dicom_series(folder: Path, hu: np.ndarray, series_uid: str, *, modality: str = "CT",
+                       slope: float = 1.0, intercept: float = -1024.0, spacing=(0.75, 0.75, 2.5),
+                       origin=(-100.0, -120.0, -50.0), seed: int = 0,
+                       orientation=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))) -> None:
+    """Write ``hu`` ([k, j, i]) as a DICOM series with SimpleITK, one file per slice.
+
+    File names and instance numbers are shuffled, so only the Image Position (Patient) tells the slice
+    order. GDCM stores (HU − intercept) / slope and writes the rescale tags.
+    """
+    import SimpleITK as sitk
+
+    folder.mkdir(exist_ok=True)
+    order = list(range(hu.shape[0]))
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    sop_class = CT_SOP_CLASS if modality == "CT" else MR_SOP_CLASS
+    for n, k in enumerate(order):
+        image = sitk.GetImageFromArray(hu[k])
+        image.SetSpacing(spacing[:2])
+        normal = np.cross(orientation[0], orientation[1])
+        position = np.asarray(origin) + k * spacing[2] * normal
+        tags = {
+            "0008|0060": modality, "0008|0016": sop_class, "0008|0018": f"{series_uid}.{k + 1}",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.9", "0020|000e": series_uid,
+            "0020|0032": "\\".join(f"{v:.6f}" for v in position),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in np.ravel(orientation)),
+            "0020|0013": str(n + 1), "0018|0050": f"{spacing[2]:g}",
+            "0028|1052": f"{intercept:g}", "0028|1053": f"{slope:g}",
+        }
+        for key, value in tags.items():
+            image.SetMetaData(key, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"IMG{rng.randrange(10**6):06d}_{n}.dcm"))
+        writer.Execute(image)
+
+
+@pytest.fixture(scope="session")
+def write_series():
+    """``write_series(folder, hu[k, j, i], series_uid, modality=, slope=, intercept=, spacing=, origin=,
+    seed=, orientation=)`` writes a DICOM series (shuffled file names and instance numbers)."""
+    return write_dicom_series

@@ -123,6 +123,24 @@ def test_segment_real_ct_puts_the_right_lung_on_the_patients_right(real_ct_crop,
         assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
 
 
+def test_segment_a_dicom_folder(chest_phantom, oracle_model_path, write_series, tmp_path, capsys):
+    shape = (6, 40, 48)
+    geometry = chest_phantom.geometry(shape, (7.0, 6.5, 9.0))
+    write_series(tmp_path / "dicom", chest_phantom.ct(geometry, shape), "1.2.826.0.1.3680043.2.1125.5.1",
+                 spacing=geometry.spacing, origin=geometry.origin)
+    out = tmp_path / "lungs.seg.nrrd"
+    code, _, err = run_cli(["segment", tmp_path / "dicom", out, "--model", oracle_model_path, "--quiet"],
+                           capsys)
+    assert code == 0, err
+    written = sitk.ReadImage(str(out))
+    assert written.GetSize() == shape[::-1]
+    assert np.allclose(written.GetSpacing(), geometry.spacing, atol=1e-4)
+    assert np.allclose(written.GetOrigin(), geometry.origin, atol=1e-3)
+    labels = sitk.GetArrayFromImage(written)
+    lps = Geometry.from_sitk(written)
+    assert centroid_lps(labels == 1, lps)[0] < chest_phantom.center[0] < centroid_lps(labels == 2, lps)[0]
+
+
 @pytest.mark.parametrize("name, fmt, magic", [("lungs.nrrd", None, b"NRRD"),
                                               ("lungs.mha", None, b"ObjectType"),
                                               ("lungs.lbl", "nrrd", b"NRRD")])

@@ -1,17 +1,12 @@
 """Reading CT: every file format SimpleITK reads, DICOM series, and clear refusals of what is not a CT."""
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from LungSegLib.errors import InputError
 from LungSegLib.imageio import as_3d, read_ct, validate_ct_image
-
-CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"
-MR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.4"
 
 
 def small_ct(shape=(4, 5, 6)) -> sitk.Image:
@@ -48,41 +43,7 @@ def test_trailing_singleton_time_axis_is_dropped(tmp_path):
 
 
 # --- DICOM ----------------------------------------------------------------------------------------
-def write_series(folder, hu: np.ndarray, series_uid: str, *, modality: str = "CT", slope: float = 1.0,
-                 intercept: float = -1024.0, spacing=(0.75, 0.75, 2.5), origin=(-100.0, -120.0, -50.0),
-                 seed: int = 0, orientation=((1.0, 0.0, 0.0), (0.0, 1.0, 0.0))) -> None:
-    """Write ``hu`` ([k, j, i]) as a DICOM series with SimpleITK, one file per slice.
-
-    File names and instance numbers are shuffled, so only the Image Position (Patient) tells the slice
-    order. GDCM stores (HU − intercept) / slope and writes the rescale tags.
-    """
-    folder.mkdir(exist_ok=True)
-    order = list(range(hu.shape[0]))
-    rng = random.Random(seed)
-    rng.shuffle(order)
-    sop_class = CT_SOP_CLASS if modality == "CT" else MR_SOP_CLASS
-    for n, k in enumerate(order):
-        image = sitk.GetImageFromArray(hu[k])
-        image.SetSpacing(spacing[:2])
-        normal = np.cross(orientation[0], orientation[1])
-        position = np.asarray(origin) + k * spacing[2] * normal
-        tags = {
-            "0008|0060": modality, "0008|0016": sop_class, "0008|0018": f"{series_uid}.{k + 1}",
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.9", "0020|000e": series_uid,
-            "0020|0032": "\\".join(f"{v:.6f}" for v in position),
-            "0020|0037": "\\".join(f"{v:.6f}" for v in np.ravel(orientation)),
-            "0020|0013": str(n + 1), "0018|0050": f"{spacing[2]:g}",
-            "0028|1052": f"{intercept:g}", "0028|1053": f"{slope:g}",
-        }
-        for key, value in tags.items():
-            image.SetMetaData(key, value)
-        writer = sitk.ImageFileWriter()
-        writer.KeepOriginalImageUIDOn()
-        writer.SetFileName(str(folder / f"IMG{rng.randrange(10**6):06d}_{n}.dcm"))
-        writer.Execute(image)
-
-
-def test_dicom_series_sorted_by_position_with_rescale_applied(tmp_path):
+def test_dicom_series_sorted_by_position_with_rescale_applied(tmp_path, write_series):
     import pydicom
 
     hu = (np.arange(7 * 6 * 5).reshape(7, 6, 5) * 4 - 1000).astype(np.int16)  # even: slope 2 is exact
@@ -98,7 +59,7 @@ def test_dicom_series_sorted_by_position_with_rescale_applied(tmp_path):
     assert stored.pixel_array.min() >= 0
 
 
-def test_oblique_dicom_series_keeps_its_direction(tmp_path):
+def test_oblique_dicom_series_keeps_its_direction(tmp_path, write_series):
     c, s = np.cos(np.radians(10)), np.sin(np.radians(10))
     rotation = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
     row, col = rotation[:, 0], rotation[:, 1]  # rotated about z and tilted about x
@@ -114,7 +75,7 @@ def test_oblique_dicom_series_keeps_its_direction(tmp_path):
     assert np.array_equal(sitk.GetArrayFromImage(image), hu)
 
 
-def test_dicom_folder_picks_the_largest_ct_series(tmp_path):
+def test_dicom_folder_picks_the_largest_ct_series(tmp_path, write_series):
     folder = tmp_path / "study"
     big = np.full((6, 4, 4), -500, np.int16)
     small = np.full((3, 4, 4), 100, np.int16)
@@ -127,7 +88,7 @@ def test_dicom_folder_picks_the_largest_ct_series(tmp_path):
     assert np.all(sitk.GetArrayViewFromImage(image) == -500)
 
 
-def test_dicom_folder_without_ct_is_refused_naming_the_modality(tmp_path):
+def test_dicom_folder_without_ct_is_refused_naming_the_modality(tmp_path, write_series):
     write_series(tmp_path / "mr", np.full((4, 4, 4), 300, np.int16), "1.2.826.0.1.3680043.2.1125.3.1",
                  modality="MR", intercept=0)
     with pytest.raises(InputError, match=r"no CT series.*MR"):
