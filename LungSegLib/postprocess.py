@@ -13,6 +13,9 @@ from scipy import ndimage
 
 RIGHT, LEFT = 1, 2
 _CONNECT_26 = np.ones((3, 3, 3), dtype=bool)
+_CONNECT_6 = ndimage.generate_binary_structure(3, 1)
+_IN_PLANE_4 = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE_4[1] = ndimage.generate_binary_structure(2, 1)
 
 
 @dataclass(frozen=True)
@@ -64,20 +67,34 @@ def keep_main_components(labels: np.ndarray, min_fraction: float = 0.1) -> np.nd
         comp, n = ndimage.label(sub == lung, structure=_CONNECT_26)
         if n <= 1:
             continue
-        sizes = ndimage.sum_labels(np.ones_like(comp, dtype=np.uint8), comp, index=np.arange(1, n + 1))
-        keep = sizes >= min_fraction * sizes.max()
-        drop_ids = np.flatnonzero(~keep) + 1
+        sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
+        drop_ids = np.flatnonzero(sizes < min_fraction * sizes.max()) + 1
         if drop_ids.size == 0:
             continue
-        dropped = np.isin(comp, drop_ids)
-        touches_other = ndimage.binary_dilation(sub == other, structure=_CONNECT_26)
         # islands of this lung lying against the other lung are usually the other lung mislabelled
-        comp_drop, nd = ndimage.label(dropped, structure=_CONNECT_26)
-        touching = ndimage.maximum(touches_other, comp_drop, index=np.arange(1, nd + 1))
-        to_other = np.isin(comp_drop, np.flatnonzero(np.asarray(touching) > 0) + 1)
+        dropped = np.isin(comp, drop_ids)
+        touching = _touching_components(comp, dropped, sub == other)
         sub[dropped] = 0
-        sub[to_other] = other
+        if touching.any():
+            sub[np.isin(comp, np.flatnonzero(touching))] = other
     return labels
+
+
+def _touching_components(comp: np.ndarray, selected: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per label of ``comp`` (index = label), whether a ``selected`` voxel of it has a 26-neighbour in
+    ``target``. Looks only at the selected voxels (26 gathers), not at the whole volume."""
+    touching = np.zeros(int(comp.max()) + 1, dtype=bool)
+    where = np.nonzero(selected)
+    ids = comp[where]
+    padded = np.pad(target, 1)
+    shape = padded.shape
+    flat = np.ravel_multi_index(tuple(w + 1 for w in where), shape)
+    padded = padded.ravel()
+    for offset in np.argwhere(_CONNECT_26) - 1:
+        delta = (offset[0] * shape[1] + offset[1]) * shape[2] + offset[2]
+        if delta:
+            touching[ids[padded[flat + delta]]] = True
+    return touching
 
 
 def fix_left_right(labels: np.ndarray) -> np.ndarray:
@@ -100,18 +117,28 @@ def fill_lung_holes(labels: np.ndarray) -> np.ndarray:
     """Fill holes enclosed by each lung, in 3-D and per axial slice, in place (never over the other lung)."""
     if not labels.any():
         return labels
-    box = _bbox_slices(labels > 0)
-    sub = labels[box]
     for lung in (RIGHT, LEFT):
-        mask = sub == lung
+        mask = labels == lung
         if not mask.any():
             continue
-        filled = ndimage.binary_fill_holes(mask)
-        in_plane = np.zeros((1, 3, 3), dtype=bool)
-        in_plane[0] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
-        filled |= ndimage.binary_fill_holes(mask, structure=in_plane)
+        box = _bbox_slices(mask)  # holes lie inside the lung's own box; its 1-voxel rim is outside
+        sub, mask = labels[box], mask[box]
+        filled = _fill_holes(mask, _CONNECT_6, border_axes=(0, 1, 2))
+        filled |= _fill_holes(mask, _IN_PLANE_4, border_axes=(1, 2))
         sub[filled & (sub == 0)] = lung
     return labels
+
+
+def _fill_holes(mask: np.ndarray, structure: np.ndarray, border_axes: Tuple[int, ...]) -> np.ndarray:
+    """``mask`` with every background component that does not reach the array faces across
+    ``border_axes`` filled (what ``ndimage.binary_fill_holes`` gives, in one labelling pass)."""
+    background, n = ndimage.label(~mask, structure=structure)
+    outside = np.zeros(n + 1, dtype=bool)
+    for axis in border_axes:
+        for index in (0, -1):
+            outside[np.take(background, index, axis=axis)] = True
+    outside[0] = True  # label 0: the mask itself
+    return mask | ~outside[background]
 
 
 def split_by_side(mask: np.ndarray) -> np.ndarray:
