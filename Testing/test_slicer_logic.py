@@ -255,6 +255,59 @@ def test_crashing_worker_reports_exit_code_and_stderr(mrml_app, ct_in_study, log
     assert "Illegal instruction" in info.value.details
 
 
+FAKE_WORKER = """
+import json, sys
+import numpy as np
+from LungSegLib.worker import read_labelmap, write_volume
+args = dict(zip(sys.argv[3::2], sys.argv[4::2]))  # after "-m LungSegLib.worker"
+labels, ijk_to_ras = read_labelmap(args["--input"])
+labels = np.zeros(labels.shape, np.uint8)
+labels[:, :, : labels.shape[2] // 2] = 1
+labels[:, :, labels.shape[2] // 2:] = 2
+if "{shift}" == "yes":
+    ijk_to_ras[0, 3] += 5.0
+write_volume(labels, ijk_to_ras, args["--output"])
+print(json.dumps({"event": "done", "output": args["--output"], "volumes_ml": {}, "timings_s": {}, "warnings": []}))
+"""
+
+
+def fake_worker(tmp_path, shift: bool) -> str:
+    """A stand-in worker (no TensorFlow) that writes a half-right, half-left labelmap."""
+    script = tmp_path / "fake_worker.py"
+    script.write_text(FAKE_WORKER.replace("{shift}", "yes" if shift else "no"))
+    launcher = tmp_path / "python"
+    launcher.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
+    launcher.chmod(0o755)
+    return str(launcher)
+
+
+def test_a_failure_while_importing_the_result_leaves_no_new_node(mrml_app, ct_in_study, logic, tmp_path,
+                                                                 monkeypatch):
+    volume, _ = ct_in_study
+    nodes_before = mrml_app.node_ids()
+    logic.pythonExecutable = fake_worker(tmp_path, shift=False)
+
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("export failed")
+
+    monkeypatch.setattr(logic, "exportLabelmap", broken_export)
+    with pytest.raises(RuntimeError, match="export failed"):
+        logic.segment(volume, exportLabelmap=True)
+    assert mrml_app.node_ids() == nodes_before
+    monkeypatch.undo()
+    segmentation = logic.segment(volume)  # the same stand-in worker, without the failure
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 2
+
+
+def test_a_result_off_the_input_grid_is_refused(mrml_app, ct_in_study, logic, tmp_path):
+    volume, _ = ct_in_study
+    nodes_before = mrml_app.node_ids()
+    logic.pythonExecutable = fake_worker(tmp_path, shift=True)
+    with pytest.raises(WorkerError, match="does not lie on the input volume's grid"):
+        logic.segment(volume)
+    assert mrml_app.node_ids() == nodes_before
+
+
 def test_bad_inputs_are_refused_before_any_work(mrml_app, ct_in_study, logic):
     volume, _ = ct_in_study
     with pytest.raises(InputError, match="Select an input"):

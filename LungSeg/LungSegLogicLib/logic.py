@@ -48,6 +48,13 @@ def _slicer():
     return slicer
 
 
+def _removeWithDisplayNodes(scene, node) -> None:
+    """Remove a node and its display nodes (plain MRML leaves them behind; Slicer's GUI would not)."""
+    for i in reversed(range(node.GetNumberOfDisplayNodes())):
+        scene.RemoveNode(node.GetNthDisplayNode(i))
+    scene.RemoveNode(node)
+
+
 def _matrix_to_numpy(vtk_matrix) -> np.ndarray:
     return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
@@ -141,7 +148,7 @@ class SegmentationTask:
         self.show3D = show3D
         self.progressCallback = progressCallback
         self.outcome: Optional[SegmentationOutcome] = None
-        self.error: Optional[LungSegError] = None
+        self.error: Optional[Exception] = None
         self.cancelled = False
         self.done = 0
         self.total = 0
@@ -201,7 +208,7 @@ class SegmentationTask:
             self.outcome = self.logic.importResult(self, self._outputPath)
             self.status = "Done"
             self._report()
-        except LungSegError as exc:
+        except Exception as exc:
             self.error = exc
             raise
         finally:
@@ -357,10 +364,7 @@ class LungSegLogic:
         return found
 
     def importResult(self, task: SegmentationTask, labelmapPath: Path) -> SegmentationOutcome:
-        import vtk
-        from vtk.util.numpy_support import numpy_to_vtk
-
-        slicer = _slicer()
+        """Turn the worker's labelmap into lung segments (and the optional labelmap node) in the scene."""
         labels, ijkToRas = read_labelmap(labelmapPath)
         if labels.shape != task.inputShape or not np.allclose(ijkToRas, task.inputIJKToRAS, atol=1e-3):
             raise WorkerError("The worker's labelmap does not lie on the input volume's grid.", 1,
@@ -371,35 +375,75 @@ class LungSegLogic:
         if scene.GetNodeByID(volumeNode.GetID()) is None:
             raise InputError("The input volume was removed from the scene while segmenting.")
 
+        labelmap = self._labelmapCarrier(labels, task.inputIJKToRAS)
+        segmentationNode = task.segmentationNode
+        created = segmentationNode is None
+        if created:
+            segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                       scene.GenerateUniqueName(f"{volumeNode.GetName()} lungs"))
+            segmentationNode.CreateDefaultDisplayNodes()
+        labelmapNode = None
+        try:
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+            segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+            segmentIds = self._replaceLungSegments(segmentationNode, labelmap)
+            self.placeInStudyOf(segmentationNode, volumeNode)
+            if task.show3D:
+                segmentationNode.CreateClosedSurfaceRepresentation()
+            if task.exportLabelmap:
+                labelmapNode = self.exportLabelmap(segmentationNode, volumeNode)
+        except Exception:
+            # leave no half-made node behind (an existing segmentation keeps what was imported)
+            for node in (labelmapNode, segmentationNode if created else None):
+                if node is not None:
+                    _removeWithDisplayNodes(scene, node)
+            raise
+        done = task.doneEvent or {}
+        outcome = SegmentationOutcome(segmentationNode, segmentIds, labelmapNode,
+                                      dict(done.get("volumes_ml", {})), dict(done.get("timings_s", {})),
+                                      list(done.get("warnings", [])), str(task.modelEvent.get("name", "")),
+                                      bool(task.modelEvent.get("placeholder", False)),
+                                      time.perf_counter() - task.startTime)
+        for warning in outcome.warnings:
+            logging.warning("LungSeg: %s", warning)
+        return outcome
+
+    @staticmethod
+    def _labelmapCarrier(labels: np.ndarray, ijkToRas: np.ndarray):
+        """A labelmap volume node (not in any scene) holding ``labels`` on the given grid."""
+        import vtk
+        from vtk.util.numpy_support import numpy_to_vtk
+
         image = vtk.vtkImageData()
         image.SetDimensions(labels.shape[::-1])
         image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
         image.GetPointData().GetScalars().DeepCopy(numpy_to_vtk(labels.ravel(), deep=True))
-        labelmap = slicer.vtkMRMLLabelMapVolumeNode()  # a carrier, never added to the scene
-        labelmap.CopyOrientation(volumeNode)
+        matrix = vtk.vtkMatrix4x4()
+        for r in range(4):
+            for c in range(4):
+                matrix.SetElement(r, c, float(ijkToRas[r, c]))
+        labelmap = _slicer().vtkMRMLLabelMapVolumeNode()
+        labelmap.SetIJKToRASMatrix(matrix)
         labelmap.SetAndObserveImageData(image)
+        return labelmap
 
-        segmentationNode = task.segmentationNode
-        if segmentationNode is None:
-            segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
-                                                       scene.GenerateUniqueName(f"{volumeNode.GetName()} lungs"))
-            segmentationNode.CreateDefaultDisplayNodes()
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-        segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+    def _replaceLungSegments(self, segmentationNode, labelmap) -> Dict[str, str]:
+        """Fill the segments named Right/Left lung (created if missing, others untouched) from a 0/1/2
+        labelmap and set their names, colours and terminology; returns {name: segment ID}."""
+        import vtk
+
         segmentation = segmentationNode.GetSegmentation()
         existing = self.lungSegmentIds(segmentationNode)
-        segmentIds = {}
         segments = lung_segments()
-        for seg in segments:  # label order: 1 = right, 2 = left
-            segmentIds[seg.name] = existing.get(seg.name) or segmentation.GenerateUniqueSegmentID(
-                seg.name.replace(" ", "_"))
+        segmentIds = {seg.name: existing.get(seg.name) or segmentation.GenerateUniqueSegmentID(
+            seg.name.replace(" ", "_")) for seg in segments}
         ids = vtk.vtkStringArray()
-        for seg in segments:
+        for seg in segments:  # label order: 1 = right, 2 = left
             ids.InsertNextValue(segmentIds[seg.name])
         wasModifying = segmentationNode.StartModify()
         try:
-            if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentationNode,
-                                                                                         ids):
+            if not _slicer().vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+                    labelmap, segmentationNode, ids):
                 raise WorkerError("Slicer could not import the lung labelmap into the segmentation.", 1)
             for seg in segments:
                 segment = segmentation.GetSegment(segmentIds[seg.name])
@@ -410,20 +454,7 @@ class LungSegLogic:
                 segment.SetTag(segment.GetTerminologyEntryTagName(), seg.terminology())
         finally:
             segmentationNode.EndModify(wasModifying)
-        self.placeInStudyOf(segmentationNode, volumeNode)
-        if task.show3D:
-            segmentationNode.CreateClosedSurfaceRepresentation()
-
-        labelmapNode = self.exportLabelmap(segmentationNode, volumeNode) if task.exportLabelmap else None
-        done = task.doneEvent or {}
-        outcome = SegmentationOutcome(segmentationNode, segmentIds, labelmapNode,
-                                      dict(done.get("volumes_ml", {})), dict(done.get("timings_s", {})),
-                                      list(done.get("warnings", [])), str(task.modelEvent.get("name", "")),
-                                      bool(task.modelEvent.get("placeholder", False)),
-                                      time.perf_counter() - task.startTime)
-        for warning in outcome.warnings:
-            logging.warning("LungSeg: %s", warning)
-        return outcome
+        return segmentIds
 
     def exportLabelmap(self, segmentationNode, referenceVolumeNode, labelmapNode=None):
         """Write the lung segments into a labelmap volume node on the reference volume's grid:
@@ -435,7 +466,8 @@ class LungSegLogic:
         if set(segmentIds) != set(SEGMENT_NAMES):
             raise InputError(f"{segmentationNode.GetName()} has no segments named "
                              f"{' and '.join(SEGMENT_NAMES)}.")
-        if labelmapNode is None:
+        created = labelmapNode is None
+        if created:
             labelmapNode = self.scene.AddNewNodeByClass(
                 "vtkMRMLLabelMapVolumeNode", self.scene.GenerateUniqueName(f"{segmentationNode.GetName()} label"))
         ids = vtk.vtkStringArray()
@@ -443,6 +475,8 @@ class LungSegLogic:
             ids.InsertNextValue(segmentIds[name])
         if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
                 segmentationNode, ids, labelmapNode, referenceVolumeNode):
+            if created:
+                _removeWithDisplayNodes(self.scene, labelmapNode)
             raise WorkerError("Slicer could not export the lung segments to a labelmap.", 1)
         self.placeInStudyOf(labelmapNode, referenceVolumeNode)
         return labelmapNode
