@@ -69,10 +69,11 @@ def _segmentation_metadata(image: sitk.Image, labels: np.ndarray) -> Dict[str, s
         "Segmentation_ReferenceImageExtentOffset": "0 0 0",
     }
     for n, seg in enumerate(SEGMENTS):
-        idx = np.argwhere(labels == seg.label)
-        if idx.size:  # extent in i j k order, inclusive
-            lo, hi = idx.min(axis=0)[::-1], idx.max(axis=0)[::-1]
-            extent = " ".join(f"{a} {b}" for a, b in zip(lo, hi))
+        mask = labels == seg.label
+        # per-axis projections, not argwhere: its index list of a whole lung is hundreds of MB
+        used = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+        if used[0].size:  # extent in i j k order, inclusive
+            extent = " ".join(f"{u[0]} {u[-1]}" for u in used[::-1])
         else:
             extent = " ".join(f"0 {s - 1}" for s in size)
         prefix = f"Segment{n}_"
