@@ -4,6 +4,7 @@ Only ADD fixtures here (several test files share this module).
 """
 from __future__ import annotations
 
+import locale
 import os
 import random
 from pathlib import Path
@@ -315,8 +316,20 @@ def write_dicom_series(folder: Path, hu: np.ndarray, series_uid: str, *, modalit
     """Write ``hu`` ([k, j, i]) as a DICOM series with SimpleITK, one file per slice.
 
     File names and instance numbers are shuffled, so only the Image Position (Patient) tells the slice
-    order. GDCM stores (HU − intercept) / slope and writes the rescale tags.
+    order. GDCM stores (HU - intercept) / slope and writes the rescale tags.
     """
+    # GDCM's writer switches the process locale to "C", which would make Python's default text
+    # encoding ASCII for every later test in this process: put the locale back afterwards.
+    saved_locale = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_series(folder, hu, series_uid, modality, slope, intercept, spacing, origin, seed,
+                            orientation)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
+
+
+def _write_dicom_series(folder, hu, series_uid, modality, slope, intercept, spacing, origin, seed,
+                        orientation) -> None:
     import SimpleITK as sitk
 
     folder.mkdir(exist_ok=True)

@@ -163,22 +163,7 @@ def _write(path: Path, image: sitk.Image) -> Path:
     return path
 
 
-def _mr_series(folder: Path) -> Path:
-    folder.mkdir()
-    for k in range(3):
-        image = sitk.GetImageFromArray(np.full((8, 8), 200, np.int16))
-        for key, value in {"0008|0060": "MR", "0020|000e": "1.2.826.0.1.3680043.2.1125.7.1",
-                           "0020|0032": f"0\\0\\{k * 2.0}", "0020|0037": "1\\0\\0\\0\\1\\0",
-                           "0008|0016": "1.2.840.10008.5.1.4.1.1.4"}.items():
-            image.SetMetaData(key, value)
-        writer = sitk.ImageFileWriter()
-        writer.KeepOriginalImageUIDOn()
-        writer.SetFileName(str(folder / f"{k}.dcm"))
-        writer.Execute(image)
-    return folder
-
-
-def _bad_input(kind: str, folder: Path) -> Path:
+def _bad_input(kind: str, folder: Path, write_series) -> Path:
     if kind == "missing":
         return folder / "missing.nrrd"
     if kind == "empty":
@@ -196,7 +181,9 @@ def _bad_input(kind: str, folder: Path) -> Path:
         image.SetMetaData("0008|0060", "MR")
         return _write(folder / "mr.nrrd", image)
     if kind == "mr series":
-        return _mr_series(folder / "mr_series")
+        write_series(folder / "mr_series", np.full((3, 8, 8), 200, np.int16),
+                     "1.2.826.0.1.3680043.2.1125.7.1", modality="MR", intercept=0)
+        return folder / "mr_series"
     if kind == "no dicom":
         (folder / "docs").mkdir()
         (folder / "docs" / "notes.txt").write_text("nothing")
@@ -219,8 +206,9 @@ def _bad_input(kind: str, folder: Path) -> Path:
     ("no dicom", "without a DICOM image series"),
     ("not hu", "rescale intercept"),
 ])
-def test_refused_input_exits_3_with_a_clear_message(oracle_model_path, tmp_path, capsys, kind, message):
-    source = _bad_input(kind, tmp_path)
+def test_refused_input_exits_3_with_a_clear_message(oracle_model_path, write_series, tmp_path, capsys,
+                                                    kind, message):
+    source = _bad_input(kind, tmp_path, write_series)
     out = tmp_path / "out" / "lungs.seg.nrrd"
     code, _, err = run_cli(["segment", source, out, "--model", oracle_model_path], capsys)
     assert code == 3
@@ -229,7 +217,7 @@ def test_refused_input_exits_3_with_a_clear_message(oracle_model_path, tmp_path,
 
 
 def test_no_hu_check_overrides_the_refusal(oracle_model_path, tmp_path, capsys):
-    source = _bad_input("not hu", tmp_path)
+    source = _bad_input("not hu", tmp_path, None)
     code, _, err = run_cli(["segment", source, tmp_path / "lungs.nrrd", "--model", oracle_model_path,
                             "--no-hu-check", "--quiet"], capsys)
     assert code == 0, err
