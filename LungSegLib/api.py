@@ -35,11 +35,13 @@ class LungSegmenter:
         postprocess: run the clean-up (largest components, hole filling, side check); or give
             :class:`PostprocessOptions` to choose steps.
         check_hu: refuse images that do not look like Hounsfield units.
+        compute_dtype: ``"float32"`` (default) or ``"bfloat16"`` for the network's hidden layers (about
+            twice as fast on CPUs with AVX512_BF16/AMX; see :func:`inference.segment_array`).
     """
 
     def __init__(self, model: Union[None, str, os.PathLike, LoadedModel] = None, *, batch_size: int = 8,
                  threads: Optional[int] = None, postprocess: Union[bool, PostprocessOptions] = True,
-                 check_hu: bool = True):
+                 check_hu: bool = True, compute_dtype: str = "float32"):
         self.threads = configure_threads(threads)
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.batch_size = int(batch_size)
@@ -47,6 +49,7 @@ class LungSegmenter:
             postprocess = PostprocessOptions()
         self.postprocess_options = postprocess or None
         self.check_hu = check_hu
+        self.compute_dtype = compute_dtype
 
     def segment_array(self, volume: np.ndarray, geometry: Geometry, *,
                       progress: Optional[ProgressCallback] = None,
@@ -54,6 +57,7 @@ class LungSegmenter:
         """Segment a ``[k, j, i]`` HU array on ``geometry``; see :func:`inference.segment_array`."""
         return segment_array(volume, geometry, self.model, batch_size=self.batch_size,
                              postprocess_options=self.postprocess_options, check_hu=self.check_hu,
+                             compute_dtype=self.compute_dtype,
                              progress=progress, cancel=cancel)
 
     def segment(self, image: Union[sitk.Image, np.ndarray], spacing: Optional[Sequence[float]] = None,

@@ -198,6 +198,8 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
         raise InputError(f"Expected a numeric CT volume, got dtype {volume.dtype}.")
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    if compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"compute_dtype must be 'float32' or 'bfloat16', not {compute_dtype!r}")
     timings: Dict[str, float] = {}
     warnings: List[str] = []
     t0 = time.perf_counter()
