@@ -363,3 +363,13 @@ def write_series():
     """``write_series(folder, hu[k, j, i], series_uid, modality=, slope=, intercept=, spacing=, origin=,
     seed=, orientation=)`` writes a DICOM series (shuffled file names and instance numbers)."""
     return write_dicom_series
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_locale():
+    """GDCM's DICOM writer switches the process locale to "C", after which Python's default text
+    encoding is ASCII; put the locale back after every test so no test changes the next one's."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    if locale.setlocale(locale.LC_ALL) != saved:
+        locale.setlocale(locale.LC_ALL, saved)
