@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -123,6 +123,22 @@ def _body_level(spec) -> float:
     return (BODY_HU - lo) / (hi - lo)
 
 
+#: Where every lung probability on the model grid is below this, every input pixel interpolated
+#: from there (a weighted mean) is below it too, so background (at least 1 - 2 x 0.3) wins: the way
+#: back to the input grid can skip those rows and columns.
+_NEGLIGIBLE = 0.3
+
+
+def _lung_box(lungs: np.ndarray) -> Optional[Tuple[Tuple[int, int], Tuple[int, int]]]:
+    """Model-grid (rows, cols) ranges holding every lung probability >= :data:`_NEGLIGIBLE` in a
+    ``[B, C, S, S]`` batch, or None when there is none."""
+    hot = (lungs >= _NEGLIGIBLE).any(axis=(0, 1))
+    rows, cols = np.flatnonzero(hot.any(axis=1)), np.flatnonzero(hot.any(axis=0))
+    if rows.size == 0:
+        return None
+    return (int(rows[0]), int(rows[-1]) + 1), (int(cols[0]), int(cols[-1]) + 1)
+
+
 def _labels_from_lungs(lungs: np.ndarray) -> np.ndarray:
     """``[B, 2, h, w]`` right/left lung probabilities -> uint8 labels by the most likely class.
 
@@ -154,10 +170,12 @@ def _run_batches(canonical: np.ndarray, canonical_labels: np.ndarray, resampler,
             probs = predictor(x)
             t3 = time.perf_counter()
             lung = probs if binary else probs[:, 1:]  # background = 1 - the rest
-            back, (rows, cols) = resampler.to_input(lung, channel_axis=1)
-            out = (back[:, 0] > 0.5).view(np.uint8) if binary else _labels_from_lungs(back)
-            out[~body] = 0
-            canonical_labels[start:stop, rows, cols] = out
+            lung[~body] = 0
+            within = _lung_box(lung)
+            if within is not None:
+                back, (rows, cols) = resampler.to_input(lung, channel_axis=1, within=within)
+                out = (back[:, 0] > 0.5).view(np.uint8) if binary else _labels_from_lungs(back)
+                canonical_labels[start:stop, rows, cols] = out
         else:
             t3 = t2
         t_map += (t2 - t1) + (time.perf_counter() - t3)

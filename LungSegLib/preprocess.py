@@ -11,7 +11,7 @@ multiplying only the input rows it reads: the same products at a tenth of the ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -41,6 +41,14 @@ class _Banded:
             if b > a:
                 tiles.append((lo, lo + block.shape[0], a, b, np.ascontiguousarray(block[:, a:b])))
         return cls(weights.shape[0], tuple(tiles))
+
+    def within(self, start: int, stop: int) -> Tuple["_Banded", int, int]:
+        """The tiles that read input ``[start, stop)``: (that matrix, its first and last+1 output row)."""
+        tiles = [t for t in self.tiles if t[2] < stop and t[3] > start]
+        if not tiles:
+            return _Banded(0, ()), 0, 0
+        lo, hi = tiles[0][0], tiles[-1][1]
+        return _Banded(hi - lo, tuple((a - lo, b - lo) + t[2:] for t in tiles for a, b in [t[:2]])), lo, hi
 
     def rows(self, x: np.ndarray) -> np.ndarray:
         """``W @ x`` over the second-last axis of ``x`` (float32)."""
@@ -106,14 +114,23 @@ class SliceResampler:
         out *= 1.0 / (hi - lo)
         return out
 
-    def to_input(self, maps: np.ndarray, channel_axis: int = -1) -> Tuple[np.ndarray, Tuple[slice, slice]]:
+    def to_input(self, maps: np.ndarray, channel_axis: int = -1,
+                 within: Optional[Tuple[Tuple[int, int], Tuple[int, int]]] = None,
+                 ) -> Tuple[np.ndarray, Tuple[slice, slice]]:
         """(B, size, size, C) model-grid maps (0 outside) -> (B, h, w, C) on the input grid.
 
         Only the part of the input slice the model grid covers is returned, with the (row, column)
         slices locating it; everything outside is 0. ``channel_axis=1`` takes and returns
         channels-first maps ``(B, C, size, size)`` -> ``(B, C, h, w)`` (no transposes).
+        ``within=((row0, row1), (col0, col1))`` narrows the result to the input pixels that read any
+        model-grid pixel in those ranges (for maps known to be negligible elsewhere).
         """
         (wr, r0, r1), (wc, c0, c1) = self._back
+        if within is not None:
+            wr, lo, hi = wr.within(*within[0])
+            r0, r1 = r0 + lo, r0 + hi
+            wc, lo, hi = wc.within(*within[1])
+            c0, c1 = c0 + lo, c0 + hi
         if channel_axis == 1:
             return wc.cols(wr.rows(np.asarray(maps, dtype=np.float32))), (slice(r0, r1), slice(c0, c1))
         x = np.ascontiguousarray(np.moveaxis(np.asarray(maps, dtype=np.float32), -1, 1))  # B, C, S, S
