@@ -111,7 +111,22 @@ def lean_function(model, compute_dtype: str = "float32") -> Callable:
             k = const(_array(layer.kernel), final)
             b = const(_array(layer.bias), final) if layer.use_bias else None
             (kh, kw), (sh, sw), pad = cfg["kernel_size"], cfg["strides"], cfg["padding"].upper()
-            cout = k.shape[2]
+            cout, cin = k.shape[2], k.shape[3]
+            if (kh, kw) == (sh, sw):
+                # no overlap between the kernel's footprints: one matrix product (every input pixel
+                # times the kernel gives its kh x kw output block) and a shuffle into place, about
+                # twice as fast on CPU as TensorFlow's transposed convolution
+                k_mat = tf.reshape(tf.transpose(k, (3, 0, 1, 2)), (cin, kh * kw * cout))
+                b_mat = None if b is None else tf.tile(b, [kh * kw])
+
+                def deconv_blocks(x, **_):
+                    x = tf.cast(x, k_mat.dtype)
+                    n, h, w = tf.shape(x)[0], x.shape[1], x.shape[2]
+                    y = tf.matmul(tf.reshape(x, (-1, cin)), k_mat)
+                    y = y if b_mat is None else tf.nn.bias_add(y, b_mat)
+                    y = tf.transpose(tf.reshape(y, (n, h, w, kh, kw, cout)), (0, 1, 3, 2, 4, 5))
+                    return act(tf.reshape(y, (n, h * kh, w * kw, cout)))
+                return deconv_blocks
 
             def deconv(x, **_):
                 x = tf.cast(x, k.dtype)
