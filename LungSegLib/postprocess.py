@@ -13,7 +13,6 @@ from scipy import ndimage
 
 RIGHT, LEFT = 1, 2
 _CONNECT_26 = np.ones((3, 3, 3), dtype=bool)
-_CONNECT_6 = ndimage.generate_binary_structure(3, 1)
 _IN_PLANE_4 = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE_4[1] = ndimage.generate_binary_structure(2, 1)
 
@@ -59,12 +58,13 @@ def _bbox_slices(mask: np.ndarray, margin: int = 1) -> Tuple[slice, ...]:
 
 def keep_main_components(labels: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
     """Drop stray islands, in place (see :class:`PostprocessOptions`)."""
-    if not labels.any():
-        return labels
-    box = _bbox_slices(labels > 0)
-    sub = labels[box]
     for lung, other in ((RIGHT, LEFT), (LEFT, RIGHT)):
-        comp, n = ndimage.label(sub == lung, structure=_CONNECT_26)
+        mask = labels == lung
+        if not mask.any():
+            continue
+        box = _bbox_slices(mask)  # the lung's own box, with the 1-voxel rim its neighbours may lie in
+        sub = labels[box]
+        comp, n = ndimage.label(mask[box], structure=_CONNECT_26)
         if n <= 1:
             continue
         sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
@@ -123,8 +123,9 @@ def fill_lung_holes(labels: np.ndarray) -> np.ndarray:
             continue
         box = _bbox_slices(mask)  # holes lie inside the lung's own box; its 1-voxel rim is outside
         sub, mask = labels[box], mask[box]
-        filled = _fill_holes(mask, _CONNECT_6, border_axes=(0, 1, 2))
-        filled |= _fill_holes(mask, _IN_PLANE_4, border_axes=(1, 2))
+        # a 3-D hole (not 6-connected to the box faces) is a hole in each of its slices too (in-plane
+        # 4-connection is a subset of 6-connection), so the per-slice filling covers both
+        filled = _fill_holes(mask, _IN_PLANE_4, border_axes=(1, 2))
         sub[filled & (sub == 0)] = lung
     return labels
 
