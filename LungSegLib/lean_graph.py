@@ -69,12 +69,17 @@ def lean_function(model, compute_dtype: str = "float32") -> Callable:
     """``f(x) -> y``: ``model``'s forward pass (inference mode) as plain TensorFlow ops.
 
     ``x`` and ``y`` are float32 tensors; call it inside a ``tf.function``. Layers of other types than
-    the usual image-model layers are run by Keras itself, so any functional model is supported.
+    the usual image-model layers are run by Keras itself, so any functional or sequential model is
+    supported (a subclassed model runs unchanged).
     """
     import tensorflow as tf
     from keras import layers
 
     dtype = tf.as_dtype(compute_dtype)
+    graph = model if hasattr(model, "_run_through_graph") else getattr(model, "_functional", None)
+    if graph is None or not hasattr(graph, "_run_through_graph"):
+        # a subclassed model has no layer graph to rewrite: run it as it is, in float32
+        return lambda x: tf.cast(model(x, training=False), tf.float32)
     folded, absorbed = _fold_batch_norms(model)
     output_layers = {id(_producer(t)) for t in model.outputs}
 
@@ -166,7 +171,7 @@ def lean_function(model, compute_dtype: str = "float32") -> Callable:
         operation_fn(layer)
 
     def forward(x):
-        out = model._run_through_graph(x, operation_fn=operation_fn)
+        out = graph._run_through_graph(x, operation_fn=operation_fn)
         return tf.cast(out, tf.float32)
 
     return forward
