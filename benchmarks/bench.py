@@ -197,6 +197,42 @@ def worker_peak(threads: Optional[int]) -> Dict[str, Any]:
     return {"matmul_peak_gflops": best, "threads": n_threads, "tensorflow": tf.__version__}
 
 
+def worker_levels(opts: argparse.Namespace) -> Dict[str, Any]:
+    """Each 3x3 convolution of the model alone (fused conv + bias + ReLU, float32, one batch), summed
+    per resolution: where the network's time goes and how fast each level runs."""
+    from LungSegLib.inference import configure_threads
+    from LungSegLib.model import load_model
+
+    configure_threads(opts.threads)
+    import tensorflow as tf
+    from keras import layers
+
+    model = load_model(opts.model).keras_model
+    rng = np.random.default_rng(0)
+    levels: Dict[int, Dict[str, float]] = {}
+    for layer in model.layers:
+        if type(layer) is not layers.Conv2D or tuple(layer.kernel_size) != (3, 3):
+            continue
+        h, w, cin = layer.input.shape[1:]
+        cout = layer.filters
+        x = tf.constant(rng.random((opts.batch_size, h, w, cin), dtype=np.float32))
+        k = tf.constant(rng.standard_normal((3, 3, cin, cout)).astype(np.float32))
+        b = tf.constant(np.zeros(cout, np.float32))
+        conv = tf.function(lambda x: tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, k, 1, "SAME"), b)))
+        conv(x).numpy()
+        best = float("inf")
+        for _ in range(5):
+            t = time.perf_counter()
+            conv(x).numpy()
+            best = min(best, time.perf_counter() - t)
+        level = levels.setdefault(int(h), {"gflop": 0.0, "s": 0.0})
+        level["gflop"] += 2.0 * h * w * 9 * cin * cout * opts.batch_size / 1e9
+        level["s"] += best
+    return {"levels": [{"size": size, "gflop_per_slice": v["gflop"] / opts.batch_size,
+                        "ms_per_slice": 1e3 * v["s"] / opts.batch_size, "gflops": v["gflop"] / v["s"]}
+                       for size, v in sorted(levels.items(), reverse=True)]}
+
+
 def _dice(pred: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
     """Dice per lung (1 right, 2 left) and their mean."""
     try:
@@ -362,6 +398,14 @@ def markdown(report: Dict[str, Any]) -> str:
             lines.append(f"| {r['input']} | {r['median_s']['inference']:.2f} → {r['bf16']['inference_s']:.2f} | "
                          f"{d['right']:.3f} / {d['left']:.3f} | {b['right']:.3f} / {b['left']:.3f} | "
                          f"{100 * r['bf16']['label_agreement']:.3f}% |")
+    if report.get("conv_levels"):
+        peak = report["matmul_peak_gflops"]
+        lines += ["", "Where the network's time goes: its 3x3 convolutions alone (fused conv + bias + ReLU, "
+                  "float32, one batch), per resolution:", "",
+                  "| feature map | GFLOP/slice | ms/slice | GFLOP/s | % of matmul peak |", "|---|---:|---:|---:|---:|"]
+        for lv in report["conv_levels"]:
+            lines.append(f"| {lv['size']} x {lv['size']} | {lv['gflop_per_slice']:.3f} | {lv['ms_per_slice']:.2f} | "
+                         f"{lv['gflops']:.0f} | {100 * lv['gflops'] / peak:.0f}% |")
     target = report.get("target")
     if target:
         lines += ["", f"## Targets ({TARGET_SLICES}-slice CT, float32 unless said, this machine)", ""]
@@ -434,7 +478,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="skip the bfloat16 comparisons (done by default where the CPU has AVX512_BF16/AMX)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     p.add_argument("--name", default="bench", help="file name stem of the results (default bench)")
-    p.add_argument("--worker", choices=("peak", "run"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("peak", "levels", "run"), help=argparse.SUPPRESS)
     p.add_argument("--input", help=argparse.SUPPRESS)
     p.add_argument("--label", help=argparse.SUPPRESS)
     p.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
@@ -459,6 +503,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if opts.worker == "peak":
         print(json.dumps(worker_peak(opts.threads)))
         return 0
+    if opts.worker == "levels":
+        print(json.dumps(worker_levels(opts)))
+        return 0
     if opts.worker == "run":
         print(json.dumps(worker_run(opts)))
         return 0
@@ -468,6 +515,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"load average {load_before:.2f}; measuring the matmul peak ...", flush=True)
     peak, _ = run_child(["peak", *_common_args(opts)])
     print(f"  {peak['matmul_peak_gflops']:.1f} GFLOP/s float32", flush=True)
+    levels, _ = run_child(["levels", *_common_args(opts)])
 
     rows = []
     bf16 = has_bf16() and not opts.no_bf16 and opts.compute_dtype == "float32"
@@ -510,6 +558,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "model": {"path": answer["model"], "name": answer["model_name"],
                   "placeholder": answer["placeholder_model"], "gflop_per_slice": answer["gflop_per_slice"]},
         "inputs": rows,
+        "conv_levels": levels["levels"],
     }
     at_target = [r for r in rows if r["kind"] == "synthetic" and r["slices"] == TARGET_SLICES]
     if at_target:
