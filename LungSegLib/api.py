@@ -35,8 +35,9 @@ class LungSegmenter:
         postprocess: run the clean-up (largest components, hole filling, side check); or give
             :class:`PostprocessOptions` to choose steps.
         check_hu: refuse images that do not look like Hounsfield units.
-        compute_dtype: ``"float32"`` (default) or ``"bfloat16"`` for the network's hidden layers (about
-            twice as fast on CPUs with AVX512_BF16/AMX; see :func:`inference.segment_array`).
+        compute_dtype: ``"float32"`` (default), ``"bfloat16"`` for the network's hidden layers (about
+            twice as fast on CPUs with AVX512_BF16/AMX) or ``"auto"`` (bfloat16 where the CPU has it);
+            see :func:`inference.segment_array`.
     """
 
     def __init__(self, model: Union[None, str, os.PathLike, LoadedModel] = None, *, batch_size: int = 8,
