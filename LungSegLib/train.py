@@ -15,6 +15,7 @@ the lowest training loss.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
@@ -139,7 +140,8 @@ def _callbacks_module():
     class RunState(keras.callbacks.Callback):
         """Validation Dice, best/last checkpoints, early stopping and the wall-clock cap, per epoch.
 
-        Runs before the CSV logger so the row it writes has the validation scores.
+        Also appends the epoch's row to ``log.csv`` (Keras' CSVLogger would invent empty ``val_*``
+        columns for runs without validation).
         """
 
         def __init__(self, run: "_Run"):
@@ -174,6 +176,7 @@ def _callbacks_module():
                 state["wait"] = state.get("wait", 0) + 1
             state["epoch"] = epoch + 1
             run.save_last(self.model)
+            run.append_log(epoch, logs)
             if run.config.patience and state["wait"] >= run.config.patience:
                 self.stopped_early = True
                 self.model.stop_training = True
@@ -203,6 +206,20 @@ class _Run:
     def best_path(self) -> Path:
         return self.dir / "best.keras"
 
+    def append_log(self, epoch: int, logs: Dict) -> None:
+        path = self.dir / "log.csv"
+        if path.is_file():
+            with open(path, newline="") as f:
+                header = next(csv.reader(f))
+        else:
+            header = ["epoch"] + sorted(logs)
+        with open(path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if f.tell() == 0:
+                writer.writerow(header)
+            row = dict(logs, epoch=epoch)
+            writer.writerow([row.get(k, "") for k in header])
+
     def save_last(self, keras_model) -> None:
         tmp = self.dir / ".last.tmp.keras"
         keras_model.save(tmp)
@@ -213,7 +230,7 @@ class _Run:
         import keras
 
         # The shipped file is the bare network: no optimizer state or custom loss to deserialise.
-        clean = keras.models.clone_model(keras_model)
+        clean = keras.Model.from_config(keras_model.get_config())  # clone_model would copy the optimizer
         clean.set_weights(keras_model.get_weights())
         tmp = self.dir / ".best.tmp.keras"
         clean.save(tmp)
@@ -332,6 +349,7 @@ def train(cases_dir: os.PathLike, run_dir: os.PathLike, config: Optional[TrainCo
         _write_json(run_dir / "config.json", {"config": config.to_json(),
                                               "split": {"train": list(split.train), "val": list(split.val)},
                                               "cases_dir": str(cases_dir)})
+        (run_dir / "log.csv").unlink(missing_ok=True)  # left by a run that never finished an epoch
 
     keras.utils.set_random_seed(config.seed + state["epoch"])
     if resume:
@@ -348,10 +366,9 @@ def train(cases_dir: os.PathLike, run_dir: os.PathLike, config: Optional[TrainCo
     dataset = tf_dataset(sampler, config.batch_size, spec.size)
     run = _Run(run_dir, config, split, cases_dir, train_cases, val_cases, state)
     run_state = _callbacks_module()(run)
-    csv = keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=resume)
     if state["epoch"] < config.epochs:
         keras_model.fit(dataset, epochs=config.epochs, initial_epoch=state["epoch"],
-                        steps_per_epoch=config.steps_per_epoch, callbacks=[run_state, csv], verbose=verbose,
+                        steps_per_epoch=config.steps_per_epoch, callbacks=[run_state], verbose=verbose,
                         shuffle=False)  # the sampler draws at random already
     if not run.best_path.is_file():
         raise OutputError(f"No epoch finished in {run_dir}: nothing to save.")
