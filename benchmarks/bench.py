@@ -177,24 +177,31 @@ def _peak_rss_mb() -> Optional[float]:
     return None
 
 
+def matmul_peak(sizes: Sequence[int] = (1024, 2048, 3072), repeats: int = 5) -> float:
+    """Best float32 ``tf.linalg.matmul`` rate (GFLOP/s) on square matrices of these sizes."""
+    import tensorflow as tf
+
+    matmul = tf.function(tf.linalg.matmul)
+    best = 0.0
+    for n in sizes:
+        a = tf.random.normal((n, n), dtype=tf.float32)
+        b = tf.random.normal((n, n), dtype=tf.float32)
+        matmul(a, b).numpy()
+        for _ in range(repeats):
+            t = time.perf_counter()
+            matmul(a, b).numpy()
+            best = max(best, 2.0 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
 def worker_peak(threads: Optional[int]) -> Dict[str, Any]:
-    """Best float32 ``tf.linalg.matmul`` rate (GFLOP/s) on large square matrices."""
+    """The machine's float32 matmul peak with LungSeg's thread settings."""
     from LungSegLib.inference import configure_threads
 
     n_threads = configure_threads(threads)
     import tensorflow as tf
 
-    matmul = tf.function(tf.linalg.matmul)
-    best = 0.0
-    for n in (1024, 2048, 3072):
-        a = tf.random.normal((n, n), dtype=tf.float32)
-        b = tf.random.normal((n, n), dtype=tf.float32)
-        matmul(a, b).numpy()
-        for _ in range(5):
-            t = time.perf_counter()
-            matmul(a, b).numpy()
-            best = max(best, 2.0 * n ** 3 / (time.perf_counter() - t) / 1e9)
-    return {"matmul_peak_gflops": best, "threads": n_threads, "tensorflow": tf.__version__}
+    return {"matmul_peak_gflops": matmul_peak(), "threads": n_threads, "tensorflow": tf.__version__}
 
 
 def worker_levels(opts: argparse.Namespace) -> Dict[str, Any]:
@@ -228,7 +235,8 @@ def worker_levels(opts: argparse.Namespace) -> Dict[str, Any]:
         level = levels.setdefault(int(h), {"gflop": 0.0, "s": 0.0})
         level["gflop"] += 2.0 * h * w * 9 * cin * cout * opts.batch_size / 1e9
         level["s"] += best
-    return {"levels": [{"size": size, "gflop_per_slice": v["gflop"] / opts.batch_size,
+    return {"peak_gflops": matmul_peak((2048,), 3),
+            "levels": [{"size": size, "gflop_per_slice": v["gflop"] / opts.batch_size,
                         "ms_per_slice": 1e3 * v["s"] / opts.batch_size, "gflops": v["gflop"] / v["s"]}
                        for size, v in sorted(levels.items(), reverse=True)]}
 
@@ -302,6 +310,7 @@ def worker_run(opts: argparse.Namespace) -> Dict[str, Any]:
     answer: Dict[str, Any] = {
         "slices": int(n_slices), "runs": runs, "gflop_per_slice": flops / 1e9,
         "network": _network_rate(segmenter, flops, opts.batch_size, opts.compute_dtype),
+        "peak_gflops": matmul_peak((2048,), 3),  # right after the network: under the same load
         "model": str(segmenter.model.path), "model_name": segmenter.model.card.get("name", ""),
         "placeholder_model": segmenter.model.is_placeholder,
     }
@@ -331,8 +340,7 @@ def _segment_bf16(segmenter, image, opts: argparse.Namespace):
 
 
 # --- summary ----------------------------------------------------------------------------------
-def summarise(name: str, kind: str, answer: Dict[str, Any], process_peak_mb: float,
-              peak_gflops: float) -> Dict[str, Any]:
+def summarise(name: str, kind: str, answer: Dict[str, Any], process_peak_mb: float) -> Dict[str, Any]:
     runs = answer["runs"]
     med = {key: statistics.median(r[key] for r in runs) for key in STAGES + ("total",)}
     run_peaks = [r["peak_rss_mb"] for r in runs if r["peak_rss_mb"] is not None]
@@ -346,10 +354,11 @@ def summarise(name: str, kind: str, answer: Dict[str, Any], process_peak_mb: flo
         "gflop_per_slice": gflop,
         "pipeline_gflops": gflop * n / med["inference"] if med["inference"] > 0 else None,
         "network_gflops": answer["network"]["gflops"],
-        "network_peak_fraction": answer["network"]["gflops"] / peak_gflops,
+        "local_peak_gflops": answer["peak_gflops"],
+        "network_peak_fraction": answer["network"]["gflops"] / answer["peak_gflops"],
         "all_runs": runs,
     }
-    row["pipeline_peak_fraction"] = (row["pipeline_gflops"] / peak_gflops
+    row["pipeline_peak_fraction"] = (row["pipeline_gflops"] / answer["peak_gflops"]
                                      if row["pipeline_gflops"] is not None else None)
     for key in ("dice", "bf16"):
         if key in answer:
@@ -371,7 +380,9 @@ def markdown(report: Dict[str, Any]) -> str:
         f"{', PLACEHOLDER (untrained)' if report['model']['placeholder'] else ''}), "
         f"{report['model']['gflop_per_slice']:.2f} GFLOP/slice, batch size {report['batch_size']}",
         f"- float32 matmul peak (tf.linalg.matmul, best of 5 on 1024..3072 squares): "
-        f"**{report['matmul_peak_gflops']:.1f} GFLOP/s**",
+        f"**{report['matmul_peak_gflops']:.1f} GFLOP/s**; each input's child measures it again (2048², "
+        "best of 3) right after timing the network alone, and its \"% peak\" columns use that one, so a "
+        "change of load during the run does not skew the ratio",
         f"- Median of {report['runs']} run(s) after a warm-up; stage times in seconds; peak RSS from "
         "the OS (VmHWM of the run; max RSS of the child process where that is unavailable).",
         "",
@@ -399,9 +410,10 @@ def markdown(report: Dict[str, Any]) -> str:
                          f"{d['right']:.3f} / {d['left']:.3f} | {b['right']:.3f} / {b['left']:.3f} | "
                          f"{100 * r['bf16']['label_agreement']:.3f}% |")
     if report.get("conv_levels"):
-        peak = report["matmul_peak_gflops"]
+        peak = report["conv_levels_peak_gflops"]
         lines += ["", "Where the network's time goes: its 3x3 convolutions alone (fused conv + bias + ReLU, "
-                  "float32, one batch), per resolution:", "",
+                  f"float32, one batch), per resolution; % of the matmul peak measured alongside "
+                  f"({peak:.0f} GFLOP/s):", "",
                   "| feature map | GFLOP/slice | ms/slice | GFLOP/s | % of matmul peak |", "|---|---:|---:|---:|---:|"]
         for lv in report["conv_levels"]:
             lines.append(f"| {lv['size']} x {lv['size']} | {lv['gflop_per_slice']:.3f} | {lv['ms_per_slice']:.2f} | "
@@ -537,7 +549,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if label is not None:
                 args += ["--label", str(label)] + (["--bf16"] if bf16 else [])
             answer, process_peak = run_child(args)
-            row = summarise(name, kind, answer, process_peak, peak["matmul_peak_gflops"])
+            row = summarise(name, kind, answer, process_peak)
             row["compute_dtype"] = dtype
             rows.append(row)
             print(f"  {name}: {row['slices']} slices, total {row['median_s']['total']:.2f} s "
@@ -558,7 +570,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "model": {"path": answer["model"], "name": answer["model_name"],
                   "placeholder": answer["placeholder_model"], "gflop_per_slice": answer["gflop_per_slice"]},
         "inputs": rows,
-        "conv_levels": levels["levels"],
+        "conv_levels": levels["levels"], "conv_levels_peak_gflops": levels["peak_gflops"],
     }
     at_target = [r for r in rows if r["kind"] == "synthetic" and r["slices"] == TARGET_SLICES]
     if at_target:
