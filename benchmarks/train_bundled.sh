@@ -5,6 +5,7 @@
 #   benchmarks/train_bundled.sh final     # all cases -> $RUNS/bundled (29 min cap)
 #   benchmarks/train_bundled.sh install   # $RUNS/bundled/best.keras -> Resources/Models + card
 #   benchmarks/train_bundled.sh lopo      # one shorter fold per case (last epoch kept), scored on the left-out case
+#   benchmarks/train_bundled.sh lopo-summary   # benchmarks/results/lopo/summary.{csv,json}
 #
 # LUNGSEG_DATA_DIR defaults to ../shared/data (next to the repository clone); RUNS to /tmp/lungseg_runs.
 set -euo pipefail
@@ -54,5 +55,32 @@ PY
         --out "benchmarks/results/lopo/$case_id" --overwrite --quiet
     done
     ;;
-  *) echo "usage: $0 final|install|lopo" >&2; exit 2 ;;
+  lopo-summary)
+    # One table over the folds: the left-out case's Dice etc. and how long its fold trained.
+    $PYTHON - "$RUNS" <<'PY'
+import csv, json, sys
+from pathlib import Path
+runs, out = Path(sys.argv[1]), Path("benchmarks/results/lopo")
+rows = []
+for fold in sorted(runs.glob("lopo-*")):
+    case = fold.name[len("lopo-"):]
+    log = list(csv.DictReader(open(fold / "log.csv")))
+    cfg = json.load(open(fold / "config.json"))["config"]
+    for r in csv.DictReader(open(out / case / "evaluation.csv")):
+        rows.append({"left_out_case": case, "lung": r["lung"], "dice": round(float(r["dice"]), 4),
+                     "hd95_mm": round(float(r["hd95_mm"]), 1), "assd_mm": round(float(r["assd_mm"]), 2),
+                     "volume_error_pct": round(float(r["volume_error_pct"]), 1),
+                     "train_epochs": len(log), "train_steps": len(log) * cfg["steps_per_epoch"],
+                     "batch_size": cfg["batch_size"], "train_minutes": round(float(log[-1]["minutes"]), 1),
+                     "model": "last epoch"})
+with open(out / "summary.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+json.dump(rows, open(out / "summary.json", "w"), indent=1)
+for r in rows:
+    print(r)
+PY
+    ;;
+  *) echo "usage: $0 final|install|lopo|lopo-summary" >&2; exit 2 ;;
 esac
