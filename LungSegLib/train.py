@@ -123,7 +123,7 @@ def predict_labels(keras_model, images: np.ndarray, n_classes: int) -> np.ndarra
 
 def evaluate_cases(keras_model, cases: Sequence[CachedCase], n_classes: int,
                    batch_size: int = 8) -> Dict[str, np.ndarray]:
-    """Per-case Dice per lung on the model grid (all slices of each case, no augmentation)."""
+    """Per case, :func:`dice_counts` over all its model-grid slices (no augmentation)."""
     out = {}
     for case in cases:
         counts = np.zeros((1 if n_classes == 1 else 2, 3), dtype=np.int64)
@@ -134,7 +134,7 @@ def evaluate_cases(keras_model, cases: Sequence[CachedCase], n_classes: int,
     return out
 
 
-def _callbacks_module():
+def _run_state_callback():
     import keras
 
     class RunState(keras.callbacks.Callback):
@@ -365,7 +365,7 @@ def train(cases_dir: os.PathLike, run_dir: os.PathLike, config: Optional[TrainCo
                            lung_fraction=config.lung_fraction, augment=augment)
     dataset = tf_dataset(sampler, config.batch_size, spec.size)
     run = _Run(run_dir, config, split, cases_dir, train_cases, val_cases, state)
-    run_state = _callbacks_module()(run)
+    run_state = _run_state_callback()(run)
     if state["epoch"] < config.epochs:
         keras_model.fit(dataset, epochs=config.epochs, initial_epoch=state["epoch"],
                         steps_per_epoch=config.steps_per_epoch, callbacks=[run_state], verbose=verbose,
