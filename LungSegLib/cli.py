@@ -50,6 +50,10 @@ def _add_segment_parser(sub) -> None:
     p.add_argument("--overview", metavar="PNG", help="also write a PNG with axial/coronal overlays")
     p.add_argument("--no-hu-check", action="store_true",
                    help="segment even if the intensities do not look like Hounsfield units")
+    p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
+                   help="arithmetic of the network: float32 (default, exact), bfloat16 (about twice as fast on "
+                        "CPUs with AVX512_BF16/AMX, labels differ in ~0.01%% of voxels) or auto (bfloat16 "
+                        "where the CPU has it natively)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_run_segment)
@@ -63,7 +67,8 @@ def _run_segment(args) -> int:
 
     check_output_path(args.output, args.overwrite, args.format)  # fail before loading TensorFlow
     segmenter = LungSegmenter(args.model, batch_size=args.batch_size, threads=args.threads,
-                              postprocess=not args.no_postprocess, check_hu=not args.no_hu_check)
+                              postprocess=not args.no_postprocess, check_hu=not args.no_hu_check,
+                              compute_dtype=args.precision)
     if segmenter.model.is_placeholder and not args.quiet:
         print("warning: the bundled model is a placeholder, not a trained model: results are not "
               "meaningful", file=sys.stderr)

@@ -141,6 +141,24 @@ def test_segment_a_dicom_folder(chest_phantom, oracle_model_path, write_series, 
     assert centroid_lps(labels == 1, lps)[0] < chest_phantom.center[0] < centroid_lps(labels == 2, lps)[0]
 
 
+@pytest.mark.parametrize("precision", ["bfloat16", "auto"])
+def test_precision_option_keeps_the_labels(phantom_ct, oracle_model_path, tmp_path, capsys, precision):
+    reference, out = tmp_path / "f32.nrrd", tmp_path / "other.nrrd"
+    base = ["segment", phantom_ct, "--model", oracle_model_path, "--quiet"]
+    assert run_cli(base[:2] + [reference] + base[2:], capsys)[0] == 0
+    code, _, err = run_cli(base[:2] + [out] + base[2:] + ["--precision", precision], capsys)
+    assert code == 0, err
+    a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in (reference, out))
+    assert (a > 0).sum() > 100
+    assert np.mean(a == b) > 0.99
+
+
+def test_unknown_precision_is_a_usage_error(phantom_ct, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["segment", str(phantom_ct), str(tmp_path / "x.nrrd"), "--precision", "int4"])
+    assert exc.value.code == 2
+
+
 @pytest.mark.parametrize("name, fmt, magic", [("lungs.nrrd", None, b"NRRD"),
                                               ("lungs.mha", None, b"ObjectType"),
                                               ("lungs.lbl", "nrrd", b"NRRD")])
