@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
+import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
@@ -67,10 +68,12 @@ def read_ct(path: os.PathLike) -> sitk.Image:
         _, files = _dicom_series(path)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
+        reader.MetaDataDictionaryArrayUpdateOn()
         try:
             image = reader.Execute()
         except RuntimeError as exc:
             raise InputError(f"Could not read the DICOM series in {path}: {_first_line(exc)}") from exc
+        check_slice_spacing(_slice_positions(reader, len(files)), path.name)
     else:
         if path.stat().st_size == 0:
             raise InputError(f"{path} is an empty file (0 bytes).")
@@ -90,6 +93,40 @@ def read_ct(path: os.PathLike) -> sitk.Image:
             raise InputError(f"Cannot read {path.name}: {_first_line(exc)}") from exc
     validate_ct_image(image, path.name)
     return as_3d(image)
+
+
+def _slice_positions(reader: sitk.ImageSeriesReader, n: int) -> Optional[np.ndarray]:
+    """Each slice's position (mm) along the slice normal, from Image Position / Orientation (Patient);
+    None when the tags are missing."""
+    try:
+        cosines = np.array([float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")])
+        normal = np.cross(cosines[:3], cosines[3:])
+        return np.array([np.dot(normal, [float(v) for v in reader.GetMetaData(k, "0020|0032").split("\\")])
+                         for k in range(n)])
+    except (RuntimeError, ValueError, IndexError):
+        return None
+
+
+def check_slice_spacing(positions: Optional[np.ndarray], name: str = "the series") -> None:
+    """Refuse a DICOM series whose slices are not evenly spaced (mm along the slice normal).
+
+    A volume is built on a regular grid, so a missing slice (a gap) or two slices at one position would
+    silently stretch or shift the anatomy below it. Variations under half the usual spacing are accepted.
+    """
+    if positions is None or len(positions) < 3:
+        return
+    steps = np.diff(np.sort(positions))
+    usual = float(np.median(steps))
+    if usual <= 0:
+        raise InputError(f"The slices of {name} all lie at one position; it is not a 3-D series.")
+    worst = int(np.argmax(np.abs(steps - usual)))
+    if abs(steps[worst] - usual) > 0.5 * usual:
+        where = np.sort(positions)[worst]
+        kind = "a gap (slices missing?)" if steps[worst] > usual else "overlapping or repeated slices"
+        raise InputError(
+            f"The slices of {name} are not evenly spaced: {steps[worst]:.2f} mm after the slice at "
+            f"{where:.2f} mm where the others are {usual:.2f} mm apart — {kind}. Export the complete series "
+            "(or a volume file) and try again.")
 
 
 def validate_ct_image(image: sitk.Image, name: str = "the image") -> None:

@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from LungSegLib.errors import InputError
-from LungSegLib.imageio import as_3d, read_ct, validate_ct_image
+from LungSegLib.imageio import as_3d, check_slice_spacing, read_ct, validate_ct_image
 
 
 def small_ct(shape=(4, 5, 6)) -> sitk.Image:
@@ -57,6 +57,29 @@ def test_dicom_series_sorted_by_position_with_rescale_applied(tmp_path, write_se
     stored = pydicom.dcmread(next((tmp_path / "series").iterdir()))
     assert float(stored.RescaleSlope) == 2.0 and float(stored.RescaleIntercept) == -1024.0
     assert stored.pixel_array.min() >= 0
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path, write_series):
+    hu = np.full((6, 6, 5), -1000, np.int16)
+    folder = tmp_path / "series"
+    write_series(folder, hu, "1.2.826.0.1.3680043.2.1125.1.7")
+    by_z = {}
+    for f in folder.iterdir():
+        header = sitk.ImageFileReader()
+        header.SetFileName(str(f))
+        header.ReadImageInformation()
+        by_z[float(header.GetMetaData("0020|0032").split("\\")[2])] = f
+    by_z[sorted(by_z)[3]].unlink()
+    with pytest.raises(InputError, match="not evenly spaced.*gap"):
+        read_ct(folder)
+
+
+def test_slice_spacing_check_accepts_small_jitter_only():
+    check_slice_spacing(np.array([0.0, 2.5, 5.02, 7.49, 10.0]))
+    with pytest.raises(InputError, match="gap"):
+        check_slice_spacing(np.array([0.0, 2.5, 5.0, 10.0, 12.5]))
+    with pytest.raises(InputError, match="overlapping or repeated"):
+        check_slice_spacing(np.array([0.0, 2.5, 5.0, 5.0, 7.5, 10.0]))
 
 
 def test_oblique_dicom_series_keeps_its_direction(tmp_path, write_series):
