@@ -16,13 +16,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import OutputError
-from .geometry import Geometry
-from .imageio import read_ct
-from .inference import (CancelFlag, ProgressCallback, SegmentationResult, configure_threads,
+from .core.geometry import Geometry
+from .core.imageio import read_ct
+from .core.inference import (CancelFlag, ProgressCallback, SegmentationResult, configure_threads,
                         segment_array)
-from .model import LoadedModel, load_model
-from .postprocess import PostprocessOptions
-from .writers import check_output_path, labelmap_image, write_labelmap
+from .core.model import LoadedModel, load_model
+from .core.postprocess import PostprocessOptions
+from .core.writers import check_output_path, labelmap_image, write_labelmap
 
 
 class LungSegmenter:
@@ -68,7 +68,7 @@ class LungSegmenter:
         ``[k, j, i]`` array with its LPS ``spacing`` (i, j, k mm), ``origin`` and ``direction`` (returns a
         uint8 array of the same shape)."""
         if isinstance(image, sitk.Image):
-            from .imageio import as_3d, validate_ct_image
+            from .core.imageio import as_3d, validate_ct_image
 
             validate_ct_image(image)
             image = as_3d(image)
@@ -108,7 +108,7 @@ class LungSegmenter:
         result.timings_s["write"] = time.perf_counter() - t1
         result.timings_s["read"] = t_read
         if overview_path is not None:
-            from .overview import write_overview
+            from .core.overview import write_overview
 
             try:
                 Path(overview_path).parent.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ def _run_segment(args) -> int:
     from tqdm import tqdm
 
     from .api import LungSegmenter
-    from .writers import check_output_path
+    from .core.writers import check_output_path
 
     check_output_path(args.output, args.overwrite, args.format)  # fail before loading TensorFlow
     segmenter = LungSegmenter(args.model, batch_size=args.batch_size, threads=args.threads,
@@ -139,8 +139,8 @@ def _add_train_parser(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from .inference import configure_threads
-    from .train import TrainConfig, train
+    from .core.inference import configure_threads
+    from .training.train import TrainConfig, train
 
     configure_threads(args.threads)
     config = TrainConfig(n_classes=args.classes, loss=args.loss, base_filters=args.base_filters,
@@ -187,7 +187,7 @@ def _run_evaluate(args) -> int:
 
     from tqdm import tqdm
 
-    from . import evaluate
+    from .evaluation import evaluate
     from .errors import InputError
 
     source = args.prediction
@@ -257,7 +257,7 @@ def _run_evaluate(args) -> int:
 
 
 def _add_import_rt_parser(sub) -> None:
-    from .rtstruct import DEFAULT_LEFT_NAMES, DEFAULT_LUNG_NAMES, DEFAULT_RIGHT_NAMES
+    from .training.rtstruct import DEFAULT_LEFT_NAMES, DEFAULT_LUNG_NAMES, DEFAULT_RIGHT_NAMES
 
     p = sub.add_parser(
         "import-rt", help="convert a DICOM CT series + RTSTRUCT into ct.nrrd + label.nrrd (a training case)",
@@ -283,7 +283,7 @@ def _add_import_rt_parser(sub) -> None:
 
 
 def _run_import_rt(args) -> int:
-    from .rtstruct import RoiNames, import_rtstruct
+    from .training.rtstruct import RoiNames, import_rtstruct
 
     report = import_rtstruct(args.dicom_ct_dir, args.rtstruct, args.out_case_dir,
                              RoiNames(args.right_names, args.left_names, args.lung_names),

@@ -80,7 +80,7 @@ def build_oracle(size: int = ORACLE_SIZE, binary: bool = False, hu_window=(-1024
 def save_with_card(model, path: Path, size: int, pixel_mm: float, binary: bool = False,
                    name: str = "test model") -> Path:
     """Save a Keras model and its model card (with SHA-256) as LungSeg expects."""
-    from LungSegLib.model import CLASSES_3, write_card
+    from LungSegLib.core.model import CLASSES_3, write_card
 
     model.save(path)
     write_card(path, {"name": name, "placeholder": False,
@@ -100,7 +100,7 @@ def oracle_model_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def oracle_model(oracle_model_path):
     """The 3-class oracle, loaded once per session through ``load_model`` (safe mode, checksum)."""
-    from LungSegLib.model import load_model
+    from LungSegLib.core.model import load_model
 
     return load_model(oracle_model_path)
 
@@ -114,7 +114,7 @@ def binary_oracle_model_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def binary_oracle_model(binary_oracle_model_path):
-    from LungSegLib.model import load_model
+    from LungSegLib.core.model import load_model
 
     return load_model(binary_oracle_model_path)
 
@@ -122,7 +122,7 @@ def binary_oracle_model(binary_oracle_model_path):
 @pytest.fixture(scope="session")
 def tiny_unet_path(tmp_path_factory) -> Path:
     """An untrained tiny U-Net (64 px of 6 mm, base_filters=4, depth=2): the real network code path."""
-    from LungSegLib.unet import build_unet
+    from LungSegLib.core.unet import build_unet
 
     folder = tmp_path_factory.mktemp("tiny_unet")
     return save_with_card(build_unet(size=64, n_classes=3, base_filters=4, depth=2),
@@ -172,7 +172,7 @@ class ChestPhantom:
     def geometry(self, shape_kji: Sequence[int], spacing_ijk: Sequence[float],
                  direction: Optional[np.ndarray] = None, shift_mm: Tuple[float, float, float] = (0, 0, 0)):
         """A grid of ``shape_kji`` voxels whose centre lies at the phantom's centre (+ ``shift_mm``)."""
-        from LungSegLib.geometry import Geometry
+        from LungSegLib.core.geometry import Geometry
 
         d = np.eye(3) if direction is None else np.asarray(direction, float)
         half = (np.array(shape_kji[::-1], float) - 1) / 2 * np.asarray(spacing_ijk, float)

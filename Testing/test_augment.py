@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from LungSegLib.augment import (AugmentConfig, Augmenter, flip_left_right, hu_to_unit, intensity, pathology,
+from LungSegLib.training.augment import (AugmentConfig, Augmenter, flip_left_right, hu_to_unit, intensity, pathology,
                                 spatial)
 
 SIZE = 128

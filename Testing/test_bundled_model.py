@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LungSegLib.geometry import Geometry, centroid_lps
-from LungSegLib.metrics import dice
-from LungSegLib.model import load_model
+from LungSegLib.core.geometry import Geometry, centroid_lps
+from LungSegLib.evaluation.metrics import dice
+from LungSegLib.core.model import load_model
 
 SAMPLE = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
 

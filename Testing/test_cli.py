@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 import LungSegLib
 from LungSegLib.cli import main
-from LungSegLib.geometry import Geometry, centroid_lps
+from LungSegLib.core.geometry import Geometry, centroid_lps
 
 
 def run_cli(args, capsys):
@@ -94,7 +94,7 @@ def test_segment_real_ct_with_the_bundled_model(real_ct_crop, tmp_path):
     assert np.allclose(written.GetOrigin(), original.GetOrigin(), atol=1e-4)
     assert np.allclose(written.GetDirection(), original.GetDirection(), atol=1e-6)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from LungSegLib.model import models_dir
+    from LungSegLib.core.model import models_dir
 
     card = json.loads((models_dir() / "lungseg_unet_3class.json").read_text())
     assert ("placeholder" in proc.stderr) == bool(card.get("placeholder"))

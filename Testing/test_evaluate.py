@@ -1,4 +1,4 @@
-"""`lungseg evaluate` and LungSegLib.evaluate: matching cases, grids, excluded slices, swap flag, reports."""
+"""`lungseg evaluate` and LungSegLib.evaluation.evaluate: matching cases, grids, excluded slices, swap flag, reports."""
 from __future__ import annotations
 
 import csv
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LungSegLib import evaluate as ev
+from LungSegLib.evaluation import evaluate as ev
 from LungSegLib.cli import main
 from LungSegLib.errors import InputError, OutputError
-from LungSegLib.geometry import Geometry
-from LungSegLib.metrics import swap_labels
-from LungSegLib.writers import labelmap_image, write_labelmap
+from LungSegLib.core.geometry import Geometry
+from LungSegLib.evaluation.metrics import swap_labels
+from LungSegLib.core.writers import labelmap_image, write_labelmap
 
 SHAPE = (8, 40, 56)                # k, j, i
 SPACING = (6.0, 6.0, 10.0)         # i, j, k mm

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LungSegLib.geometry import Geometry, canonical_orientation, centroid_lps
-from LungSegLib.inference import segment_array
+from LungSegLib.core.geometry import Geometry, canonical_orientation, centroid_lps
+from LungSegLib.core.inference import segment_array
 
 PERMUTATIONS = list(itertools.permutations(range(3)))
 FLIPS = list(itertools.product((False, True), repeat=3))

@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from LungSegLib.errors import InputError
-from LungSegLib.imageio import as_3d, check_slice_spacing, read_ct, validate_ct_image
+from LungSegLib.core.imageio import as_3d, check_slice_spacing, read_ct, validate_ct_image
 
 
 def small_ct(shape=(4, 5, 6)) -> sitk.Image:

@@ -9,9 +9,9 @@ import SimpleITK as sitk
 
 from LungSegLib.api import LungSegmenter
 from LungSegLib.errors import Cancelled, InputError
-from LungSegLib.geometry import Geometry
-from LungSegLib.inference import SegmentationResult, segment_array
-from LungSegLib.postprocess import PostprocessOptions
+from LungSegLib.core.geometry import Geometry
+from LungSegLib.core.inference import SegmentationResult, segment_array
+from LungSegLib.core.postprocess import PostprocessOptions
 
 
 @pytest.fixture(scope="module")

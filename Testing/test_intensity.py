@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from LungSegLib.errors import InputError
-from LungSegLib.intensity import HU_WINDOW, check_hounsfield, window
+from LungSegLib.core.intensity import HU_WINDOW, check_hounsfield, window
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from LungSegLib.lean_graph import lean_function  # noqa: E402
-from LungSegLib.unet import build_unet  # noqa: E402
+from LungSegLib.core.lean_graph import lean_function  # noqa: E402
+from LungSegLib.core.unet import build_unet  # noqa: E402
 
 
 def _randomise_batch_norms(model, seed=0):

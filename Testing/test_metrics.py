@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from LungSegLib import metrics
+from LungSegLib.evaluation import metrics
 
 
 def box(shape, k, j, i) -> np.ndarray:

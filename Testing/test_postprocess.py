@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from LungSegLib.postprocess import (LEFT, RIGHT, PostprocessOptions, fill_lung_holes, fix_left_right,
+from LungSegLib.core.postprocess import (LEFT, RIGHT, PostprocessOptions, fill_lung_holes, fix_left_right,
                                     keep_main_components, postprocess, split_by_side)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from LungSegLib.geometry import interpolation_matrix, support
-from LungSegLib.preprocess import ModelGridSpec, SliceResampler, body_center_mm, resampler_for_volume
+from LungSegLib.core.geometry import interpolation_matrix, support
+from LungSegLib.core.preprocess import ModelGridSpec, SliceResampler, body_center_mm, resampler_for_volume
 
 SPEC = ModelGridSpec(size=64, pixel_mm=3.0)
 

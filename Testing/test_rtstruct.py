@@ -12,7 +12,7 @@ pydicom = pytest.importorskip("pydicom")
 
 from LungSegLib.cli import main  # noqa: E402
 from LungSegLib.errors import InputError, OutputError  # noqa: E402
-from LungSegLib.rtstruct import RoiNames, import_rtstruct, polygon_mask  # noqa: E402
+from LungSegLib.training.rtstruct import RoiNames, import_rtstruct, polygon_mask  # noqa: E402
 
 CT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.2"
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -40,7 +40,7 @@ def lps(points_ij, k):
 
 
 def standard_geometry():
-    from LungSegLib.geometry import Geometry
+    from LungSegLib.core.geometry import Geometry
 
     return Geometry(SPACING, ORIGIN)
 

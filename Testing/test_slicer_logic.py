@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO / "LungSeg"))
 
 from LungSegLib.errors import Cancelled, InputError, ModelError  # noqa: E402
 from LungSegLib.worker import WorkerError  # noqa: E402
-from LungSegLib.writers import SEGMENTS  # noqa: E402
+from LungSegLib.core.writers import SEGMENTS  # noqa: E402
 from LungSegLogicLib import SEGMENT_NAMES, LungSegLogic, missing_requirements, volume_array  # noqa: E402
 
 BATCH = 3

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from LungSegLib.geometry import interpolation_matrix
-from LungSegLib.inference import _labels_from_lungs, _lung_box
-from LungSegLib.postprocess import fill_lung_holes
-from LungSegLib.preprocess import ModelGridSpec, SliceResampler, _Banded
+from LungSegLib.core.geometry import interpolation_matrix
+from LungSegLib.core.inference import _labels_from_lungs, _lung_box
+from LungSegLib.core.postprocess import fill_lung_holes
+from LungSegLib.core.preprocess import ModelGridSpec, SliceResampler, _Banded
 
 SPEC = ModelGridSpec(size=64, pixel_mm=3.0)
 

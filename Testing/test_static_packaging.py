@@ -69,31 +69,51 @@ def cmake_lists(path: Path) -> Dict[str, List[str]]:
     return {k: [v.replace("${MODULE_NAME}", name) for v in vals] for k, vals in sets.items()}
 
 
+def _module_file(module: str) -> Path:
+    """``core.geometry`` -> LungSegLib/core/geometry.py; ``worker`` -> LungSegLib/worker/__init__.py."""
+    path = LIBRARY.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
 def library_imports(module: str) -> Set[str]:
-    """LungSegLib modules that ``module`` imports anywhere (also inside functions)."""
-    tree = ast.parse((LIBRARY / f"{module}.py").read_text(encoding="utf-8"))
+    """LungSegLib modules (dotted, relative to LungSegLib) that ``module`` imports anywhere, also inside
+    functions; a package's import counts its ``__init__``."""
+    file = _module_file(module)
+    package = module.split(".") if file.name == "__init__.py" else module.split(".")[:-1]
+    tree = ast.parse(file.read_text(encoding="utf-8"))
     found: Set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1:
-                found.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+            if node.level:
+                base = package[:len(package) - node.level + 1]
             elif node.module and node.module.split(".")[0] == "LungSegLib":
-                parts = node.module.split(".")
-                found.update(parts[1:2] if len(parts) > 1 else [a.name for a in node.names])
+                base = []
+            else:
+                continue
+            mod = node.module or ""
+            if not node.level:
+                mod = ".".join(mod.split(".")[1:])
+            parts = base + ([p for p in mod.split(".") if p])
+            for i in range(1, len(parts) + 1):  # parent packages run their __init__
+                found.add(".".join(parts[:i]))
+            found.update(".".join(parts + [a.name]) for a in node.names)
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("LungSegLib."))
-    return {m for m in found if (LIBRARY / f"{m}.py").is_file()}
+            for a in node.names:
+                if a.name.startswith("LungSegLib."):
+                    parts = a.name.split(".")[1:]
+                    found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return {m for m in found if m and _module_file(m).is_file()}
 
 
 def worker_closure() -> Set[str]:
     seen: Set[str] = set()
-    todo = ["worker", "__init__"]
+    todo = ["worker.run", "worker.process", "__init__"]
     while todo:
         module = todo.pop()
         if module not in seen:
             seen.add(module)
             todo.extend(library_imports(module))
-    return {f"LungSegLib/{m}.py" for m in seen}
+    return {str(_module_file(m).relative_to(REPO)) for m in seen}
 
 
 # --- the panel ------------------------------------------------------------------------------------------
@@ -151,7 +171,7 @@ def test_module_file_has_slicer_classes_and_keeps_qt_out_of_module_scope():
 
 
 @pytest.mark.parametrize("path", [MODULE_PY, *sorted((MODULE_DIR / "LungSegLogicLib").glob("*.py")),
-                                  LIBRARY / "worker.py"], ids=lambda p: p.name)
+                                  *sorted((LIBRARY / "worker").glob("*.py"))], ids=lambda p: p.name)
 def test_python_39_syntax_and_no_gui_imports_in_the_logic(path):
     tree = ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))
     if path != MODULE_PY:
@@ -181,7 +201,7 @@ def test_module_cmake_installs_every_resource_the_module_uses():
     listed = set(cmake_lists(MODULE_DIR / "CMakeLists.txt")["LUNGSEG_RESOURCES"])
     for file in listed:
         assert (REPO / file).is_file(), f"{file} is listed but does not exist"
-    from LungSegLib.model import BUNDLED_MODEL
+    from LungSegLib.core.model import BUNDLED_MODEL
 
     needed = {f"Resources/{p}" for p in re.findall(r'resourcePath\("([^"]+)"\)', MODULE_PY.read_text())}
     needed |= {str(p.relative_to(REPO)) for p in (REPO / "Resources" / "Models").iterdir() if p.is_file()}
@@ -192,7 +212,7 @@ def test_module_cmake_installs_every_resource_the_module_uses():
 
 def test_library_layout_matches_the_installed_layout(monkeypatch):
     """Installed beside LungSeg.py, LungSegLib finds its model in ../Resources/Models as in the repository."""
-    from LungSegLib import model
+    from LungSegLib.core import model
 
     monkeypatch.delenv("LUNGSEG_MODELS_DIR", raising=False)
     assert model.models_dir() == REPO / "Resources" / "Models"

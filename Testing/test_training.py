@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LungSegLib.dataset import (SliceSampler, find_cases, make_split, model_labels, prepare_case,
+from LungSegLib.training.dataset import (SliceSampler, find_cases, make_split, model_labels, prepare_case,
                                 suspect_slices)
 from LungSegLib.errors import InputError, OutputError
-from LungSegLib.preprocess import ModelGridSpec
-from LungSegLib.train import TrainConfig, train
+from LungSegLib.core.preprocess import ModelGridSpec
+from LungSegLib.training.train import TrainConfig, train
 
 from conftest import DATA_DIR, SAMPLE_CASE
 
@@ -182,7 +182,7 @@ def test_sampler_draws_only_training_cases_with_model_targets(phantom_cases, tmp
 def test_losses_score_a_perfect_prediction_best():
     import keras
 
-    from LungSegLib.losses import SegmentationLoss
+    from LungSegLib.training.losses import SegmentationLoss
 
     y = np.zeros((2, 8, 8), np.uint8)
     y[:, 2:5, 1:3] = 1
@@ -219,7 +219,7 @@ def test_loss_goes_down_on_real_slices(real_case_dir, tmp_path):
 
 
 def test_train_validate_resume_and_load_the_checkpoint(phantom_cases, tmp_path):
-    from LungSegLib.model import load_model
+    from LungSegLib.core.model import load_model
 
     run = tmp_path / "run"
     config = tiny_config(epochs=1, augment=True)
@@ -248,7 +248,7 @@ def test_train_validate_resume_and_load_the_checkpoint(phantom_cases, tmp_path):
 
 
 def test_binary_model_trains_and_loads(phantom_cases, tmp_path):
-    from LungSegLib.model import load_model
+    from LungSegLib.core.model import load_model
 
     result = train(phantom_cases, tmp_path / "bin",
                    tiny_config(n_classes=1, loss="bce", epochs=2, steps_per_epoch=2, select="last"),
@@ -275,7 +275,7 @@ def test_cli_train_reports_bad_cases_with_exit_code(phantom_cases, tmp_path, cap
 
 def test_cli_train_writes_a_loadable_model(phantom_cases, tmp_path, capsys):
     from LungSegLib.cli import main
-    from LungSegLib.model import load_model
+    from LungSegLib.core.model import load_model
 
     run = tmp_path / "cli"
     code = main(["train", str(phantom_cases), "--out", str(run), "--val", "p3", "--base-filters", "4",

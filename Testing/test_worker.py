@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from LungSegLib import worker
+from LungSegLib.worker import run as worker_run
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_CT = REPO / "Resources" / "SampleData" / "ACRIN-FLT-Breast-001_chest.nrrd"
@@ -143,14 +144,14 @@ def test_exit_codes_are_documented():
     documented = {int(c) for c in re.findall(r"^\s+(\d+)\s", worker.EXIT_CODES, re.M)}
     produced = {cls.exit_code for cls in worker.ERROR_TYPES.values()} | {0, 1, 2}
     assert produced <= documented
-    assert worker.EXIT_CODES in worker.build_parser().format_help()
+    assert worker.EXIT_CODES in worker_run.build_parser().format_help()
 
 
 def test_command_line_round_trip():
     argv = worker.worker_command("py", "in.nrrd", "out.nrrd", model="m.keras", batch_size=3, threads=2,
                                  device="cpu", postprocess=False, check_hu=False)
     assert argv[:3] == ["py", "-m", "LungSegLib.worker"]
-    args = worker.build_parser().parse_args(argv[3:])
+    args = worker_run.build_parser().parse_args(argv[3:])
     assert (args.input, args.output, args.model, args.batch_size, args.threads, args.device) == \
         ("in.nrrd", "out.nrrd", "m.keras", 3, 2, "cpu")
     assert args.no_postprocess and args.no_hu_check

@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 
 from LungSegLib.errors import OutputError
-from LungSegLib.geometry import Geometry
-from LungSegLib.writers import SEGMENTS, check_output_path, format_of, write_labelmap
+from LungSegLib.core.geometry import Geometry
+from LungSegLib.core.writers import SEGMENTS, check_output_path, format_of, write_labelmap
 
 
 @pytest.fixture()

@@ -196,7 +196,7 @@ def matmul_peak(sizes: Sequence[int] = (1024, 2048, 3072), repeats: int = 5) -> 
 
 def worker_peak(threads: Optional[int]) -> Dict[str, Any]:
     """The machine's float32 matmul peak with LungSeg's thread settings."""
-    from LungSegLib.inference import configure_threads
+    from LungSegLib.core.inference import configure_threads
 
     n_threads = configure_threads(threads)
     import tensorflow as tf
@@ -207,8 +207,8 @@ def worker_peak(threads: Optional[int]) -> Dict[str, Any]:
 def worker_levels(opts: argparse.Namespace) -> Dict[str, Any]:
     """Each 3x3 convolution of the model alone (fused conv + bias + ReLU, float32, one batch), summed
     per resolution: where the network's time goes and how fast each level runs."""
-    from LungSegLib.inference import configure_threads
-    from LungSegLib.model import load_model
+    from LungSegLib.core.inference import configure_threads
+    from LungSegLib.core.model import load_model
 
     configure_threads(opts.threads)
     import tensorflow as tf
@@ -244,7 +244,7 @@ def worker_levels(opts: argparse.Namespace) -> Dict[str, Any]:
 def _dice(pred: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
     """Dice per lung (1 right, 2 left) and their mean."""
     try:
-        from LungSegLib.metrics import dice
+        from LungSegLib.evaluation.metrics import dice
     except ImportError:  # an older LungSegLib (PYTHONPATH) being compared
         def dice(a: np.ndarray, b: np.ndarray) -> float:
             total = int(a.sum()) + int(b.sum())
@@ -256,7 +256,7 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
 
 def _network_rate(segmenter, flops: float, batch_size: int, compute_dtype: str) -> Dict[str, float]:
     """The network alone on full batches (best of several): seconds per slice and GFLOP/s."""
-    from LungSegLib import inference
+    from LungSegLib.core import inference
 
     extra = () if compute_dtype == "float32" else (compute_dtype,)
     predictor = inference._predictor(segmenter.model, batch_size, *extra)
@@ -276,9 +276,9 @@ def worker_run(opts: argparse.Namespace) -> Dict[str, Any]:
     import SimpleITK as sitk
 
     from LungSegLib.api import LungSegmenter
-    from LungSegLib.imageio import read_ct
-    from LungSegLib.geometry import Geometry
-    from LungSegLib.unet import count_flops
+    from LungSegLib.core.imageio import read_ct
+    from LungSegLib.core.geometry import Geometry
+    from LungSegLib.core.unet import count_flops
 
     extra = {} if opts.compute_dtype == "float32" else {"compute_dtype": opts.compute_dtype}
     segmenter = LungSegmenter(opts.model, batch_size=opts.batch_size, threads=opts.threads, **extra)
@@ -329,7 +329,7 @@ def _segment_bf16(segmenter, image, opts: argparse.Namespace):
     import SimpleITK as sitk
 
     from LungSegLib.api import LungSegmenter
-    from LungSegLib.geometry import Geometry
+    from LungSegLib.core.geometry import Geometry
 
     bf16 = LungSegmenter(segmenter.model, batch_size=opts.batch_size, threads=opts.threads,
                          compute_dtype="bfloat16")

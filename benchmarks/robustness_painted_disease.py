@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from LungSegLib.api import LungSegmenter
-from LungSegLib.geometry import Geometry
+from LungSegLib.core.geometry import Geometry
 
 CASES = ("LUNG1-002", "ACRIN-FLT-Breast-001")
 

@@ -28,7 +28,7 @@ case "${1:-final}" in
     cp "$RUNS/bundled/best.keras" Resources/Models/lungseg_unet_3class.keras
     $PYTHON - "$RUNS/bundled/best.json" <<'PY'
 import json, sys
-from LungSegLib.model import BUNDLED_MODEL, models_dir, write_card
+from LungSegLib.core.model import BUNDLED_MODEL, models_dir, write_card
 card = json.load(open(sys.argv[1]))
 card["name"] = "lungseg_unet_3class"
 card["data"]["cases_dir"] = "shared/data/cases (3 clinical chest CTs with radiotherapy lung contours)"

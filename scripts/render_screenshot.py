@@ -28,7 +28,7 @@ def render_lungs(labels_canonical: np.ndarray, spacing_zyx, size=(520, 520)) -> 
     import vtk
     from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
-    from LungSegLib.writers import SEGMENTS
+    from LungSegLib.core.writers import SEGMENTS
 
     image = vtk.vtkImageData()
     nz, ny, nx = labels_canonical.shape
@@ -84,7 +84,7 @@ def main() -> int:
 
     from PIL import Image, ImageDraw
 
-    from LungSegLib.geometry import Geometry, canonical_orientation
+    from LungSegLib.core.geometry import Geometry, canonical_orientation
 
     # TensorFlow and VTK's off-screen OpenGL do not share a process well: segment in a child process
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,7 +5,7 @@ Importable wherever MRML is (3D Slicer, or plain Python with the ``slicer-core``
 """
 from .logic import (SEGMENT_NAMES, LungSegLogic, SegmentationOutcome, SegmentationTask, missing_requirements,
                     volume_array, volume_ijk_to_ras)
-from .process import WorkerProcess, python_executable
+from LungSegLib.worker.process import WorkerProcess, python_executable
 
 __all__ = ["LungSegLogic", "SegmentationTask", "SegmentationOutcome", "SEGMENT_NAMES", "WorkerProcess",
            "missing_requirements", "python_executable", "volume_array", "volume_ijk_to_ras"]

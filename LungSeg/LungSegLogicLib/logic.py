@@ -20,7 +20,7 @@ import LungSegLib
 from LungSegLib.errors import Cancelled, InputError, LungSegError
 from LungSegLib.worker import WorkerError, error_from_event, read_labelmap, worker_command, write_volume
 
-from .process import WorkerProcess, python_executable
+from LungSegLib.worker.process import WorkerProcess, python_executable
 
 #: ``progressCallback(done_slices, total_slices, status_text)``
 ProgressCallback = Callable[[int, int, str], None]
@@ -29,7 +29,7 @@ ProgressCallback = Callable[[int, int, str], None]
 LIBRARY_ROOT = Path(LungSegLib.__file__).resolve().parent.parent
 #: ``Resources/requirements.txt``, beside ``LungSegLib`` in the repository and in an installed extension.
 REQUIREMENTS_FILE = LIBRARY_ROOT / "Resources" / "requirements.txt"
-#: The segment names LungSeg owns (those of ``LungSegLib.writers.SEGMENTS``, label 1 then 2); other
+#: The segment names LungSeg owns (those of ``LungSegLib.core.writers.SEGMENTS``, label 1 then 2); other
 #: segments of an output segmentation are never touched.
 SEGMENT_NAMES = ("Right lung", "Left lung")
 
@@ -37,7 +37,7 @@ SEGMENT_NAMES = ("Right lung", "Left lung")
 def lung_segments():
     """Names, colours and terminology of the two segments. Imported on use: the library's writers
     need SciPy, which Slicer gets only when the user accepts the install on the first Apply."""
-    from LungSegLib.writers import SEGMENTS
+    from LungSegLib.core.writers import SEGMENTS
 
     return SEGMENTS
 

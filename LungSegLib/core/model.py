@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from .errors import ModelError
+from ..errors import ModelError
 from .preprocess import ModelGridSpec
 
 #: Name of the bundled model in ``Resources/Models`` (its card is the same name with ``.json``).
@@ -22,7 +22,7 @@ def models_dir() -> Path:
     env = os.environ.get("LUNGSEG_MODELS_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "Resources" / "Models"
+    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:

@@ -14,7 +14,7 @@ import sys
 import threading
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from LungSegLib.worker import parse_event
+from .protocol import parse_event
 
 #: Seconds a worker gets to stop on SIGTERM before it is killed.
 TERMINATE_GRACE_S = 0.5

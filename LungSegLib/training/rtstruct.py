@@ -17,8 +17,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError, OutputError
-from .geometry import Geometry
+from ..errors import InputError, OutputError
+from ..core.geometry import Geometry
 
 DEFAULT_RIGHT_NAMES = ("Lung R", "RT LUNG", "Lung_R", "Right Lung", "LUNG_RT", "R Lung", "Lung Right",
                        "Lung-R", "Lung_Right", "Right_Lung", "RLung")
@@ -238,7 +238,7 @@ class ImportReport:
 def _ct_frame_of_reference(ct_dir: Path) -> str:
     import pydicom
 
-    from .imageio import _dicom_series
+    from ..core.imageio import _dicom_series
 
     _, files = _dicom_series(ct_dir)
     header = pydicom.dcmread(files[0], stop_before_pixels=True, force=True)
@@ -246,7 +246,7 @@ def _ct_frame_of_reference(ct_dir: Path) -> str:
 
 
 def _centroid_x(mask: np.ndarray, geometry: Geometry) -> Optional[float]:
-    from .geometry import centroid_lps
+    from ..core.geometry import centroid_lps
 
     c = centroid_lps(mask, geometry)
     return None if c is None else round(float(c[0]), 1)
@@ -261,8 +261,8 @@ def labels_from_structures(structures: Sequence[Structure], geometry: Geometry, 
     counted). Returns the labels and a dict of what was used/ignored for :class:`ImportReport`.
     Raises :class:`InputError` when no structure matches any lung name.
     """
-    from .geometry import canonical_orientation
-    from .postprocess import LEFT, RIGHT, split_by_side
+    from ..core.geometry import canonical_orientation
+    from ..core.postprocess import LEFT, RIGHT, split_by_side
 
     roles: Dict[str, List[Structure]] = {"right": [], "left": [], "lung": []}
     ignored = []
@@ -338,8 +338,8 @@ def import_rtstruct(ct_dir: os.PathLike, rtstruct_path: os.PathLike, out_dir: os
     """
     import SimpleITK as sitk
 
-    from .imageio import read_ct
-    from .writers import labelmap_image
+    from ..core.imageio import read_ct
+    from ..core.writers import labelmap_image
 
     ct_dir, out_dir = Path(ct_dir), Path(out_dir)
     targets = [out_dir / n for n in CASE_FILES]

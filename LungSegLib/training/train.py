@@ -6,7 +6,7 @@ A run directory holds everything about one training run:
 * ``last.keras`` + ``state.json`` — the full model with optimizer state after the last epoch, the
   best score so far and the early-stopping counter, so an interrupted run continues where it was;
 * ``best.keras`` + ``best.json`` — the inference model (no optimizer) of the best epoch and its
-  model card (:func:`LungSegLib.model.write_card`), loadable by :func:`LungSegLib.model.load_model`;
+  model card (:func:`LungSegLib.core.model.write_card`), loadable by :func:`LungSegLib.core.model.load_model`;
 * ``log.csv`` — one row per epoch (loss, learning rate, validation Dice per lung);
 * ``cache/`` — the cases resampled onto the model grid (unless ``cache_dir`` points elsewhere).
 
@@ -25,12 +25,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import __version__
+from .. import __version__
 from .augment import AugmentConfig, Augmenter
 from .dataset import CachedCase, SliceSampler, find_cases, make_split, model_labels, prepare_case, tf_dataset
-from .errors import InputError, OutputError
-from .model import CLASSES_3, write_card
-from .preprocess import ModelGridSpec
+from ..errors import InputError, OutputError
+from ..core.model import CLASSES_3, write_card
+from ..core.preprocess import ModelGridSpec
 
 CLASSES_1 = ("background", "lung")
 
@@ -238,7 +238,7 @@ class _Run:
         write_card(self.best_path, self.card(keras_model))
 
     def card(self, keras_model) -> Dict:
-        from .unet import count_flops
+        from ..core.unet import count_flops
 
         cfg = self.config
         state = self.state
@@ -296,10 +296,10 @@ def train(cases_dir: os.PathLike, run_dir: os.PathLike, config: Optional[TrainCo
     """Train (or, with ``resume``, continue training) a U-Net; see the module docstring for outputs.
 
     Args:
-        cases_dir: folder of case folders (:func:`LungSegLib.dataset.find_cases`).
+        cases_dir: folder of case folders (:func:`LungSegLib.training.dataset.find_cases`).
         run_dir: the run directory; must not hold a run unless ``resume``.
         config: the recipe (default :class:`TrainConfig`); ignored on resume (the saved one is used).
-        val, split_file: validation cases, see :func:`LungSegLib.dataset.make_split`.
+        val, split_file: validation cases, see :func:`LungSegLib.training.dataset.make_split`.
         resume: continue the run in ``run_dir`` from its last epoch.
         epochs: on resume, a new total number of epochs (the learning-rate schedule is kept).
         cache_dir: where the model-grid cases are cached (default ``run_dir/cache``).
@@ -308,7 +308,7 @@ def train(cases_dir: os.PathLike, run_dir: os.PathLike, config: Optional[TrainCo
     import keras
 
     from .losses import SegmentationLoss
-    from .unet import build_unet
+    from ..core.unet import build_unet
 
     run_dir, cases_dir = Path(run_dir), Path(cases_dir)
     if resume:

@@ -15,8 +15,8 @@ from typing import Tuple
 import numpy as np
 from scipy import ndimage
 
-from .intensity import HU_WINDOW
-from .postprocess import LEFT, RIGHT
+from ..core.intensity import HU_WINDOW
+from ..core.postprocess import LEFT, RIGHT
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import OutputError
+from ..errors import OutputError
 from .geometry import Geometry
 from .postprocess import LEFT, RIGHT
 

@@ -2,7 +2,7 @@
 
 A *case* is a folder holding one CT and its lung labelmap on the same voxel grid. Each case is
 prepared once with exactly the inference preprocessing (canonical stack, body-centred model grid,
-HU window — :mod:`LungSegLib.preprocess`) and cached as ``.npy`` files (image float16 in [0, 1],
+HU window — :mod:`LungSegLib.core.preprocess`) and cached as ``.npy`` files (image float16 in [0, 1],
 labels uint8 0/1/2) that training reads back as memory maps, so memory stays bounded whatever the
 number of cases.
 """
@@ -17,10 +17,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError
-from .geometry import Geometry, canonical_orientation
-from .postprocess import LEFT, RIGHT, split_by_side
-from .preprocess import ModelGridSpec, resampler_for_volume
+from ..errors import InputError
+from ..core.geometry import Geometry, canonical_orientation
+from ..core.postprocess import LEFT, RIGHT, split_by_side
+from ..core.preprocess import ModelGridSpec, resampler_for_volume
 
 #: Accepted (CT, labelmap) file names inside a case folder, in order of preference.
 CASE_FILE_PAIRS = (
@@ -142,7 +142,7 @@ def three_class_labels(labels_canonical: np.ndarray, name: str) -> np.ndarray:
     """0/1/2 labels from a canonical labelmap that is either already 0/1 right/2 left or binary.
 
     A labelmap with a single non-zero value is one "lung" label: it is split into right/left by
-    patient side (:func:`LungSegLib.postprocess.split_by_side`).
+    patient side (:func:`LungSegLib.core.postprocess.split_by_side`).
     """
     values = np.unique(labels_canonical)
     nonzero = [int(v) for v in values if v != 0]
@@ -201,7 +201,7 @@ def prepare_case(case: CaseFiles, cache_dir: os.PathLike, spec: ModelGridSpec = 
     """Resample one case onto the model grid (as inference does) and cache it; reuse a valid cache."""
     import SimpleITK as sitk
 
-    from .imageio import read_ct
+    from ..core.imageio import read_ct
 
     folder = Path(cache_dir) / f"{case.case_id}-{_cache_key(case, spec)}"
     if (folder / "meta.npz").is_file():

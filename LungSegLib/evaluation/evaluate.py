@@ -23,9 +23,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import metrics
-from .errors import InputError, OutputError
-from .geometry import Geometry, canonical_orientation
-from .postprocess import LEFT, RIGHT
+from ..errors import InputError, OutputError
+from ..core.geometry import Geometry, canonical_orientation
+from ..core.postprocess import LEFT, RIGHT
 
 LABEL_SUFFIXES = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha", ".mhd", ".nhdr")
 GT_CT_STEM = "ct"
@@ -427,8 +427,8 @@ def evaluate_model(segmenter, gt_dir: os.PathLike, names: Optional[Sequence[str]
 
     ``save_dir``: also write each prediction there as ``<case>.seg.nrrd``.
     """
-    from .imageio import read_ct
-    from .writers import write_labelmap
+    from ..core.imageio import read_ct
+    from ..core.writers import write_labelmap
 
     cases = find_cases(gt_dir, names)
     no_ct = [c.name for c in cases if c.ct_path is None]

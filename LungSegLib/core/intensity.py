@@ -5,7 +5,7 @@ from typing import Tuple
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 #: Model input window in HU: air (−1024) to soft-tissue/contrast (600). Values outside are clipped,
 #: so −3024 padding outside the scan circle looks like air and bone/metal like dense tissue.

@@ -9,7 +9,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .errors import Cancelled, InputError
+from ..errors import Cancelled, InputError
 from .geometry import Geometry, canonical_orientation
 from .intensity import check_hounsfield
 from .model import LoadedModel
@@ -208,7 +208,7 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
     Args:
         volume: ``[k, j, i]`` array in HU (any integer or float dtype); never modified.
         geometry: its voxel grid (spacing in mm, LPS origin and direction).
-        model: from :func:`LungSegLib.model.load_model`.
+        model: from :func:`LungSegLib.core.model.load_model`.
         batch_size: slices per model call; memory grows with it (about 3 MB per slice).
         postprocess_options: clean-up steps, or None for the raw network output.
         check_hu: refuse inputs that do not look like Hounsfield units.

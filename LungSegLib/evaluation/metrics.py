@@ -22,7 +22,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from .postprocess import LEFT, RIGHT
+from ..core.postprocess import LEFT, RIGHT
 
 LUNGS = ((RIGHT, "right lung"), (LEFT, "left lung"))
 

@@ -1,0 +1,1 @@
+"""Evaluation: overlap and surface metrics, scoring cases against ground truth, reports."""
