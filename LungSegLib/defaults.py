@@ -1,0 +1,36 @@
+"""The pipeline's defaults and the command-line choices, in one place (standard library only).
+
+What belongs to a *model* (its input grid and HU window) is read from the model's card; the values here
+are what a card that does not say falls back to, and what ``lungseg train`` writes into new cards.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+# --- the model grid (a card's "input" section overrides these) ------------------------------------------
+#: Pixels per side of the square model grid.
+GRID_SIZE = 256
+#: Pixel size of the model grid in mm (256 x 1.5 mm = 384 mm field of view).
+GRID_PIXEL_MM = 1.5
+#: Model input window in HU: air (-1024) to soft tissue/contrast (600). Values outside are clipped, so
+#: -3024 padding outside the scan circle looks like air and bone/metal like dense tissue.
+HU_WINDOW: Tuple[float, float] = (-1024.0, 600.0)
+#: A pixel denser than this (HU) is body; a slice with none is background without running the network.
+BODY_HU = -500.0
+
+# --- run-time defaults ------------------------------------------------------------------------------------
+#: Slices per network call for the CLI and the Python API (memory grows ~3 MB per slice).
+BATCH_SIZE = 8
+#: Slices per network call in 3D Slicer's worker (smaller: Slicer itself holds the scene in memory).
+WORKER_BATCH_SIZE = 4
+#: The largest batch the CLI accepts (memory: about 3 MB per slice, and a short last batch allocates
+#: only what it holds).
+MAX_BATCH_SIZE = 64
+
+# --- choices the CLI, the worker and the panel offer ------------------------------------------------------
+#: Output formats, longest extension first (``.seg.nrrd`` before ``.nrrd``).
+FORMATS: Tuple[str, ...] = ("seg.nrrd", "nrrd", "nii.gz", "nii", "mha")
+#: Arithmetic of the network's hidden layers.
+PRECISIONS: Tuple[str, ...] = ("float32", "bfloat16", "auto")
+#: Where the worker runs the network.
+DEVICES: Tuple[str, ...] = ("auto", "cpu", "gpu")
