@@ -157,12 +157,7 @@ def split_by_side(mask: np.ndarray) -> np.ndarray:
     labels = np.zeros(mask.shape, dtype=np.uint8)
     if not mask.any():
         return labels
-    profile = mask.sum(axis=(0, 1)).astype(float)
-    cols = np.flatnonzero(profile)
-    centre = (cols[0] + cols[-1]) / 2
-    quarter = (cols[-1] - cols[0]) / 4
-    lo, hi = int(max(cols[0], centre - quarter)), int(min(cols[-1], centre + quarter))
-    split = lo + int(np.argmin(profile[lo:hi + 1])) if hi > lo else int(centre)
+    split = _split_column(mask.sum(axis=(0, 1)).astype(float))
     comp, n = ndimage.label(mask, structure=_CONNECT_26)
     for c, obj in enumerate(ndimage.find_objects(comp), start=1):
         if obj is None:
@@ -179,3 +174,29 @@ def split_by_side(mask: np.ndarray) -> np.ndarray:
         else:
             region[part] = LEFT if side_left else RIGHT
     return labels
+
+
+def _split_column(profile: np.ndarray) -> int:
+    """The column between the two lungs: the least-filled column of the middle half of the mask's
+    column extent (``profile``: mask voxels per column, not all zero)."""
+    cols = np.flatnonzero(profile)
+    centre = (cols[0] + cols[-1]) / 2
+    quarter = (cols[-1] - cols[0]) / 4
+    lo, hi = int(max(cols[0], centre - quarter)), int(min(cols[-1], centre + quarter))
+    return lo + int(np.argmin(profile[lo:hi + 1])) if hi > lo else int(centre)
+
+
+#: A mask holds two lungs when its least-filled middle column has at most this fraction of the smaller
+#: side's fullest column (a gap, or the thin anterior junction); one lung's profile is one broad hump.
+TWO_LUNGS_VALLEY = 0.25
+
+
+def holds_two_lungs(mask: np.ndarray) -> bool:
+    """Whether a binary canonical mask holds both lungs (a deep valley in the mask's column profile
+    between two humps) rather than one lung."""
+    profile = np.asarray(mask, dtype=bool).sum(axis=(0, 1)).astype(float)
+    if not profile.any():
+        return False
+    split = _split_column(profile)
+    right_peak, left_peak = profile[:split].max(initial=0.0), profile[split + 1:].max(initial=0.0)
+    return bool(profile[split] <= TWO_LUNGS_VALLEY * min(right_peak, left_peak))

@@ -19,7 +19,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..core.geometry import Geometry, canonical_orientation
-from ..core.postprocess import LEFT, RIGHT, split_by_side
+from ..core.postprocess import holds_two_lungs, split_by_side
+from ..labels import LEFT, RIGHT
 from ..core.preprocess import ModelGridSpec, resampler_for_volume
 
 #: Accepted (CT, labelmap) file names inside a case folder, in order of preference.
@@ -139,14 +140,18 @@ def suspect_slices(info: Dict, n_slices: int) -> np.ndarray:
 
 
 def three_class_labels(labels_canonical: np.ndarray, name: str) -> np.ndarray:
-    """0/1/2 labels from a canonical labelmap that is either already 0/1 right/2 left or binary.
+    """0/1/2 labels from a canonical labelmap in LungSeg's values (:mod:`LungSegLib.labels`) or binary.
 
-    A labelmap with a single non-zero value is one "lung" label: it is split into right/left by
-    patient side (:func:`LungSegLib.core.postprocess.split_by_side`).
+    Values 1 (right lung) and 2 (left lung) keep their meaning, also when only one lung is labelled
+    (an RTSTRUCT with only "Lung R" gives a right-only labelmap). A labelmap with a single other
+    non-zero value is one "lung" label, split into right/left by patient side
+    (:func:`LungSegLib.core.postprocess.split_by_side`); so is a 0/1 labelmap that plainly holds both
+    lungs (:func:`~LungSegLib.core.postprocess.holds_two_lungs`: a binary lung mask saved as 0/1).
     """
     values = np.unique(labels_canonical)
     nonzero = [int(v) for v in values if v != 0]
-    if len(nonzero) == 1 and nonzero != [LEFT]:
+    if len(nonzero) == 1 and (nonzero[0] not in (RIGHT, LEFT)
+                              or (nonzero[0] == RIGHT and holds_two_lungs(labels_canonical != 0))):
         return split_by_side(labels_canonical != 0)
     if not set(nonzero) <= {RIGHT, LEFT}:
         raise InputError(f"{name}: labels must be 0 background / 1 right lung / 2 left lung, or a single "
