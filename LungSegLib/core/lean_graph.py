@@ -110,7 +110,8 @@ def lean_function(model, compute_dtype: str = "float32") -> Callable:
                     return act(y if b is None else tf.nn.bias_add(y, b))
                 return conv
         if (type(layer) is layers.Conv2DTranspose and cfg["data_format"] == "channels_last"
-                and cfg["output_padding"] is None and tuple(cfg["dilation_rate"]) == (1, 1)
+                and cfg.get("output_padding") is None  # Keras < 3.11 has no output_padding option
+                and tuple(cfg["dilation_rate"]) == (1, 1)
                 and _activation(cfg["activation"]) is not None):
             act = _activation(cfg["activation"])
             k = const(_array(layer.kernel), final)

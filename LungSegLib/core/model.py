@@ -1,4 +1,10 @@
-"""Finding, verifying and loading LungSeg models (``.keras`` + a JSON model card)."""
+"""Finding, verifying and loading LungSeg models: exported weights (``.npz``) or a ``.keras`` checkpoint,
+each with its JSON model card.
+
+The bundled model is exported weights (:mod:`.weights`): the network is rebuilt from the card's
+architecture in code and the arrays are assigned by name, so no Keras version's serialisation is
+involved. ``.keras`` files (what ``lungseg train`` checkpoints) still load, in Keras safe mode.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -9,20 +15,28 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from ..errors import ModelError
+from .atomic import atomic_write_text
 from .preprocess import ModelGridSpec
 
 #: Name of the bundled model in ``Resources/Models`` (its card is the same name with ``.json``).
-BUNDLED_MODEL = "lungseg_unet_3class.keras"
+BUNDLED_MODEL = "lungseg_unet_3class.npz"
+#: Where a wheel (``pip install .``) puts the bundled model: package data inside ``LungSegLib``.
+PACKAGED_MODELS = "bundled_models"
 CLASSES_3 = ("background", "right lung", "left lung")
 
 
 def models_dir() -> Path:
-    """Where the bundled models live: ``$LUNGSEG_MODELS_DIR`` or ``Resources/Models`` beside the
+    """Where the bundled models live: ``$LUNGSEG_MODELS_DIR``; else ``LungSegLib/bundled_models`` when
+    installed from a wheel (package data, see pyproject.toml); else ``Resources/Models`` beside the
     package (the repository, an editable install and Slicer's ``qt-scripted-modules`` all share it)."""
     env = os.environ.get("LUNGSEG_MODELS_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
+    library = Path(__file__).resolve().parents[1]
+    packaged = library / PACKAGED_MODELS
+    if (packaged / BUNDLED_MODEL).is_file():
+        return packaged
+    return library.parent / "Resources" / "Models"
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -76,24 +90,53 @@ def spec_from_card(card: Dict[str, Any]) -> ModelGridSpec:
 def write_card(model_path: Path, card: Dict[str, Any]) -> Path:
     """Write ``card`` (with this file's SHA-256 filled in) next to ``model_path``, atomically."""
     card = dict(card, file=Path(model_path).name, sha256=sha256_of(Path(model_path)))
-    path = card_path(model_path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(card_path(model_path), json.dumps(card, indent=2) + "\n")
+
+
+def _keras_file_model(model_path: Path) -> Any:
+    """A ``.keras`` checkpoint, deserialised by Keras in safe mode (no code from the file runs)."""
+    import keras
+
+    try:
+        return keras.models.load_model(model_path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for a bad file
+        raise ModelError(f"Keras could not load {model_path}: {exc}. A .keras file saved by a newer Keras "
+                         "may not load in an older one: export its weights with `lungseg export-weights` "
+                         "and load the .npz instead.") from exc
+
+
+def _weights_file_model(model_path: Path, card: Dict[str, Any]) -> Any:
+    """The network the card describes, built in code, with the file's named arrays assigned."""
+    from .unet import UNetArchitecture
+    from .weights import WEIGHTS_FORMAT, assign_weights, read_weights
+
+    if card.get("weights_format") != WEIGHTS_FORMAT:
+        raise ModelError(f"The card of {model_path.name} gives weights_format {card.get('weights_format')!r}, "
+                         f"not {WEIGHTS_FORMAT!r}: it was not written by `lungseg export-weights`.")
+    architecture = UNetArchitecture.from_card(card)
+    arrays = read_weights(model_path)  # before building: a bad file fails without starting TensorFlow
+    keras_model = architecture.build(name=str(card.get("name") or model_path.stem))
+    assign_weights(keras_model, arrays, model_path.name)
+    return keras_model
 
 
 def load_model(path: Optional[os.PathLike] = None, verify: bool = True) -> LoadedModel:
-    """Load a model (default: the bundled one) in Keras safe mode after checking its SHA-256.
+    """Load a model (default: the bundled one) after checking its SHA-256 against its card.
 
+    ``.npz`` exported weights: the network is built from the card's architecture and every named array
+    assigned (names and shapes must match exactly). ``.keras``: loaded by Keras in safe mode.
     Raises :class:`ModelError` when the file or its card is missing, the checksum differs (a
-    truncated download or an edited file) or Keras cannot read it.
+    truncated download or an edited file), or the file does not fit its card.
     """
+    from .weights import WEIGHTS_SUFFIX
+
     model_path = Path(path) if path else models_dir() / BUNDLED_MODEL
     if not model_path.is_file():
         raise ModelError(f"Model file not found: {model_path}. Reinstall LungSeg or pass --model PATH.")
-    if model_path.suffix != ".keras":
-        raise ModelError(f"{model_path.name}: LungSeg loads Keras v3 '.keras' files only.")
+    if model_path.suffix not in (".keras", WEIGHTS_SUFFIX):
+        raise ModelError(f"{model_path.name}: LungSeg loads exported weights ('{WEIGHTS_SUFFIX}', from "
+                         "`lungseg export-weights` or `lungseg train`) or Keras v3 '.keras' files, each with "
+                         "its .json card.")
     card = read_card(model_path)
     if verify:
         actual = sha256_of(model_path)
@@ -101,12 +144,10 @@ def load_model(path: Optional[os.PathLike] = None, verify: bool = True) -> Loade
             raise ModelError(f"Checksum mismatch for {model_path.name}: the card says "
                              f"{card.get('sha256')}, the file is {actual}. The file is corrupted or "
                              "was changed; reinstall it (or retrain and let `lungseg train` write the card).")
-    import keras
-
-    try:
-        keras_model = keras.models.load_model(model_path, compile=False, safe_mode=True)
-    except Exception as exc:  # Keras raises many types for a bad file
-        raise ModelError(f"Keras could not load {model_path}: {exc}") from exc
+    if model_path.suffix == WEIGHTS_SUFFIX:
+        keras_model = _weights_file_model(model_path, card)
+    else:
+        keras_model = _keras_file_model(model_path)
     classes = tuple(card.get("classes", CLASSES_3))
     out_channels = keras_model.output_shape[-1]
     expected = len(classes) if len(classes) > 2 else 1

@@ -1,7 +1,92 @@
-"""The 2-D U-Net (Keras 3) that labels one axial slice at a time."""
+"""The 2-D U-Net (Keras 3) that labels one axial slice at a time.
+
+The network is defined here in code, and a model card's ``architecture`` section
+(:class:`UNetArchitecture`) says which one: that is all it takes to rebuild it, so shipped weights need
+no Keras serialisation (see :mod:`.weights`). Every layer has a fixed name (``enc0_conv1``, ``dec2_up``,
+``lungs``...), the keys of the exported weight arrays; do not rename them without a new weights format.
+"""
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from ..errors import ModelError
+
+#: ``architecture["builder"]`` of a card whose network :func:`build_unet` builds.
+BUILDER = "LungSegLib.core.unet.build_unet"
+
+
+@dataclass(frozen=True)
+class UNetArchitecture:
+    """The arguments of :func:`build_unet`: enough to rebuild the network of a model card.
+
+    Attributes:
+        size: pixels per side of the input slice (the card's ``input.size``).
+        n_classes: output channels: 3 (softmax: background, right lung, left lung) or 1 (sigmoid lung).
+        base_filters: filters of the first level (doubling per level).
+        depth: number of 2x poolings.
+        batch_norm: BatchNormalization after each 3x3 convolution.
+        dropout: dropout rate at the bottom (no weights; training only).
+    """
+
+    size: int
+    n_classes: int
+    base_filters: int
+    depth: int
+    batch_norm: bool = True
+    dropout: float = 0.0
+
+    def to_card(self) -> Dict[str, Any]:
+        """The card's ``architecture`` fields that rebuild this network."""
+        return {"type": "2D U-Net", "builder": BUILDER, "size": self.size, "n_classes": self.n_classes,
+                "base_filters": self.base_filters, "depth": self.depth, "batch_norm": self.batch_norm,
+                "dropout": self.dropout}
+
+    @classmethod
+    def from_card(cls, card: Dict[str, Any], complete: bool = True) -> "UNetArchitecture":
+        """The architecture a model card records.
+
+        ``complete=False`` accepts cards written before the card held every field (``lungseg train``
+        of LungSeg 0.1): ``size`` then comes from ``input.size``, ``n_classes`` from ``classes`` and
+        ``dropout`` defaults to 0 (it has no weights). Raises :class:`ModelError` when a field is
+        missing or invalid, or the card names another network.
+        """
+        arch = dict(card.get("architecture") or {})
+        builder = arch.get("builder", BUILDER if not complete else None)
+        if builder != BUILDER:
+            raise ModelError(f"The model card's architecture.builder is {builder!r}: LungSeg can only rebuild "
+                             f"networks of {BUILDER} from weights. Export the weights with `lungseg "
+                             "export-weights` from a model trained by `lungseg train`.")
+        if not complete:
+            classes = card.get("classes") or ()
+            arch.setdefault("size", (card.get("input") or {}).get("size"))
+            arch.setdefault("n_classes", 1 if len(classes) == 2 else len(classes) or None)
+            arch.setdefault("dropout", 0.0)
+        missing = [k for k in ("size", "n_classes", "base_filters", "depth", "batch_norm", "dropout")
+                   if arch.get(k) is None]
+        if missing:
+            raise ModelError(f"The model card's architecture lacks {', '.join(missing)}: the network cannot "
+                             "be rebuilt. Re-export the weights with `lungseg export-weights`.")
+        try:
+            result = cls(size=int(arch["size"]), n_classes=int(arch["n_classes"]),
+                         base_filters=int(arch["base_filters"]), depth=int(arch["depth"]),
+                         batch_norm=bool(arch["batch_norm"]), dropout=float(arch["dropout"]))
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"The model card's architecture is invalid: {exc}") from exc
+        if result.n_classes not in (1, 3) or result.base_filters < 1 or result.depth < 1 \
+                or result.size < 1 or result.size % (2 ** result.depth) or not 0 <= result.dropout < 1:
+            raise ModelError(f"The model card's architecture {result} is not one build_unet makes "
+                             "(n_classes 1 or 3, size divisible by 2**depth).")
+        input_size = (card.get("input") or {}).get("size")
+        if input_size is not None and int(input_size) != result.size:
+            raise ModelError(f"The model card says input.size {input_size} but architecture.size "
+                             f"{result.size}: fix the card.")
+        return result
+
+    def build(self, name: Optional[str] = None):
+        """The Keras model (freshly initialised weights)."""
+        return build_unet(size=self.size, n_classes=self.n_classes, base_filters=self.base_filters,
+                          depth=self.depth, batch_norm=self.batch_norm, dropout=self.dropout, name=name)
 
 
 def build_unet(size: int = 256, n_classes: int = 3, base_filters: int = 16, depth: int = 4,
@@ -19,29 +104,31 @@ def build_unet(size: int = 256, n_classes: int = 3, base_filters: int = 16, dept
     if size % (2 ** depth):
         raise ValueError(f"size {size} must be divisible by 2**depth = {2 ** depth}")
 
-    def block(x, filters):
-        for _ in range(2):
+    # Fixed layer names (not Keras' per-session counters conv2d_7...): the weights file is keyed by them.
+    def block(x, filters, prefix):
+        for i in range(2):
             x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm,
-                              kernel_initializer="he_normal")(x)
+                              kernel_initializer="he_normal", name=f"{prefix}_conv{i}")(x)
             if batch_norm:
-                x = layers.BatchNormalization()(x)
-            x = layers.Activation("relu")(x)
+                x = layers.BatchNormalization(name=f"{prefix}_bn{i}")(x)
+            x = layers.Activation("relu", name=f"{prefix}_relu{i}")(x)
         return x
 
     inputs = keras.Input((size, size, 1), name="ct")
     x = inputs
     skips = []
     for level in range(depth):
-        x = block(x, base_filters * 2 ** level)
+        x = block(x, base_filters * 2 ** level, f"enc{level}")
         skips.append(x)
-        x = layers.MaxPooling2D(2)(x)
-    x = block(x, base_filters * 2 ** depth)
+        x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+    x = block(x, base_filters * 2 ** depth, "bottom")
     if dropout:
-        x = layers.Dropout(dropout)(x)
+        x = layers.Dropout(dropout, name="bottom_dropout")(x)
     for level in reversed(range(depth)):
-        x = layers.Conv2DTranspose(base_filters * 2 ** level, 2, strides=2, padding="same")(x)
-        x = layers.Concatenate()([x, skips[level]])
-        x = block(x, base_filters * 2 ** level)
+        x = layers.Conv2DTranspose(base_filters * 2 ** level, 2, strides=2, padding="same",
+                                   name=f"dec{level}_up")(x)
+        x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
+        x = block(x, base_filters * 2 ** level, f"dec{level}")
     activation = "sigmoid" if n_classes == 1 else "softmax"
     outputs = layers.Conv2D(n_classes, 1, activation=activation, dtype="float32", name="lungs")(x)
     return keras.Model(inputs, outputs, name=name or f"lungseg_unet_d{depth}_f{base_filters}")
