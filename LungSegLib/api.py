@@ -52,6 +52,11 @@ class LungSegmenter:
         self.check_hu = check_hu
         self.compute_dtype = compute_dtype
 
+    @property
+    def model_name(self) -> str:
+        """The model's name from its card (its file name when the card has none)."""
+        return str(self.model.card.get("name") or self.model.path.name)
+
     def segment_array(self, volume: np.ndarray, geometry: Geometry, *,
                       progress: Optional[ProgressCallback] = None,
                       cancel: CancelFlag = None) -> SegmentationResult:
@@ -91,20 +96,36 @@ class LungSegmenter:
         The output is checked before any work (exists? known format?) and written atomically only
         after the whole volume is done, so a failure or a cancel leaves no file behind.
         """
-        check_output_path(output_path, overwrite, fmt)
+        fmt = check_output_path(output_path, overwrite, fmt)
+        if fmt == "dcm":  # a SEG must reference DICOM source images: refuse other inputs before any work
+            from .core.dicomseg import check_dicom_seg_input
+
+            check_dicom_seg_input(input_path)
         if Path(output_path).resolve() == Path(input_path).resolve():
             raise OutputError("The output would replace the input CT; choose another output file.")
         if overview_path is not None and Path(overview_path).exists() and not overwrite:
             raise OutputError(f"{overview_path} already exists; LungSeg does not overwrite it unless you "
                               "pass --overwrite (overwrite=True).")
         t0 = time.perf_counter()
-        image = read_ct(input_path)
+        source_files = None
+        if fmt == "dcm":
+            from .core.imageio import read_dicom_series
+
+            image, source_files = read_dicom_series(input_path)
+        else:
+            image = read_ct(input_path)
         t_read = time.perf_counter() - t0
         geometry = Geometry.from_sitk(image)
         volume = sitk.GetArrayViewFromImage(image)
         result = self.segment_array(volume, geometry, progress=progress, cancel=cancel)
         t1 = time.perf_counter()
-        write_labelmap(result.labels, geometry, output_path, fmt=fmt, overwrite=overwrite)
+        if source_files is not None:
+            from .core.dicomseg import write_dicom_seg
+
+            write_dicom_seg(result.labels, geometry, source_files, output_path, overwrite=overwrite,
+                            model_name=self.model_name)
+        else:
+            write_labelmap(result.labels, geometry, output_path, fmt=fmt, overwrite=overwrite)
         result.timings_s["write"] = time.perf_counter() - t1
         result.timings_s["read"] = t_read
         if overview_path is not None:

@@ -6,6 +6,7 @@ import sys
 from typing import List, Optional
 
 from . import __version__
+from .defaults import FORMATS
 from .errors import LungSegError
 
 EXIT_CODES = """exit codes:
@@ -39,13 +40,14 @@ def _add_segment_parser(sub) -> None:
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="CT image file or DICOM series folder")
     p.add_argument("output", help="output labelmap: .seg.nrrd (3D Slicer segmentation), .nrrd, .nii.gz, "
-                                  ".nii or .mha")
+                                  ".nii, .mha, or .dcm (DICOM SEG; needs a DICOM folder as INPUT and "
+                                  "pip install 'lungseg[dicom]')")
     p.add_argument("--model", help="a .keras model with its .json card (default: the bundled model)")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="slices per network call (default 8)")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--no-postprocess", action="store_true",
                    help="keep the raw network output (no component clean-up, hole filling or side check)")
-    p.add_argument("--format", choices=("seg.nrrd", "nrrd", "nii.gz", "nii", "mha"),
+    p.add_argument("--format", choices=FORMATS,
                    help="output format (default: from OUTPUT's extension)")
     p.add_argument("--overview", metavar="PNG", help="also write a PNG with axial/coronal overlays")
     p.add_argument("--no-hu-check", action="store_true",
@@ -65,7 +67,11 @@ def _run_segment(args) -> int:
     from .api import LungSegmenter
     from .core.writers import check_output_path
 
-    check_output_path(args.output, args.overwrite, args.format)  # fail before loading TensorFlow
+    fmt = check_output_path(args.output, args.overwrite, args.format)  # fail before loading TensorFlow
+    if fmt == "dcm":
+        from .core.dicomseg import check_dicom_seg_input
+
+        check_dicom_seg_input(args.input)
     segmenter = LungSegmenter(args.model, batch_size=args.batch_size, threads=args.threads,
                               postprocess=not args.no_postprocess, check_hu=not args.no_hu_check,
                               compute_dtype=args.precision)

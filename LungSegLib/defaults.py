@@ -28,8 +28,9 @@ WORKER_BATCH_SIZE = 4
 MAX_BATCH_SIZE = 64
 
 # --- choices the CLI, the worker and the panel offer ------------------------------------------------------
-#: Output formats, longest extension first (``.seg.nrrd`` before ``.nrrd``).
-FORMATS: Tuple[str, ...] = ("seg.nrrd", "nrrd", "nii.gz", "nii", "mha")
+#: Output formats, longest extension first (``.seg.nrrd`` before ``.nrrd``). ``dcm`` is a DICOM
+#: Segmentation (needs a DICOM series input and the optional highdicom package).
+FORMATS: Tuple[str, ...] = ("seg.nrrd", "nrrd", "nii.gz", "nii", "mha", "dcm")
 #: Arithmetic of the network's hidden layers.
 PRECISIONS: Tuple[str, ...] = ("float32", "bfloat16", "auto")
 #: Where the worker runs the network.

@@ -65,15 +65,7 @@ def read_ct(path: os.PathLike) -> sitk.Image:
     if not path.exists():
         raise InputError(f"Input not found: {path}")
     if path.is_dir():
-        _, files = _dicom_series(path)
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
-        reader.MetaDataDictionaryArrayUpdateOn()
-        try:
-            image = reader.Execute()
-        except RuntimeError as exc:
-            raise InputError(f"Could not read the DICOM series in {path}: {_first_line(exc)}") from exc
-        check_slice_spacing(_slice_positions(reader, len(files)), path.name)
+        return read_dicom_series(path)[0]
     else:
         if path.stat().st_size == 0:
             raise InputError(f"{path} is an empty file (0 bytes).")
@@ -93,6 +85,29 @@ def read_ct(path: os.PathLike) -> sitk.Image:
             raise InputError(f"Cannot read {path.name}: {_first_line(exc)}") from exc
     validate_ct_image(image, path.name)
     return as_3d(image)
+
+
+def dicom_series_files(folder: os.PathLike) -> List[str]:
+    """The files of the CT series :func:`read_ct` reads from ``folder`` (the CT series with the most
+    slices), in its slice order: slice ``k`` of the volume comes from file ``k``."""
+    return _dicom_series(Path(folder))[1]
+
+
+def read_dicom_series(folder: os.PathLike) -> Tuple[sitk.Image, List[str]]:
+    """Read the CT series of a DICOM folder as :func:`read_ct` does, and also return its files in slice
+    order (slice ``k`` of the image comes from file ``k``; a DICOM SEG references them per frame)."""
+    folder = Path(folder)
+    files = dicom_series_files(folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"Could not read the DICOM series in {folder}: {_first_line(exc)}") from exc
+    check_slice_spacing(_slice_positions(reader, len(files)), folder.name)
+    validate_ct_image(image, folder.name)
+    return as_3d(image), files
 
 
 def _slice_positions(reader: sitk.ImageSeriesReader, n: int) -> Optional[np.ndarray]:

@@ -13,7 +13,7 @@ from ..errors import OutputError
 from .geometry import Geometry
 from .postprocess import LEFT, RIGHT
 
-FORMATS = ("seg.nrrd", "nrrd", "nii.gz", "nii", "mha")
+FORMATS = ("seg.nrrd", "nrrd", "nii.gz", "nii", "mha", "dcm")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def format_of(path: os.PathLike, fmt: Optional[str] = None) -> str:
         if name.endswith("." + candidate):
             return candidate
     raise OutputError(f"Cannot tell the output format from {Path(path).name!r}: end it in "
-                      ".seg.nrrd, .nrrd, .nii.gz, .nii or .mha, or pass --format.")
+                      ".seg.nrrd, .nrrd, .nii.gz, .nii, .mha or .dcm (DICOM SEG), or pass --format.")
 
 
 def labelmap_image(labels: np.ndarray, geometry: Geometry) -> sitk.Image:
@@ -112,6 +112,10 @@ def write_labelmap(labels: np.ndarray, geometry: Geometry, path: os.PathLike, *,
     """
     path = Path(path)
     fmt = check_output_path(path, overwrite, fmt)
+    if fmt == "dcm":  # a SEG references its source images, which a labelmap alone does not know
+        raise OutputError("DICOM SEG output needs the source DICOM series: use "
+                          "LungSegLib.core.dicomseg.write_dicom_seg (or LungSegmenter.segment_file with a "
+                          "DICOM folder as input).")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
