@@ -4,7 +4,8 @@ Importable with plain Python (no Qt, no Slicer). Start with :class:`LungSegmente
 """
 __version__ = "0.1.0"
 
-from .errors import Cancelled, InputError, LungSegError, ModelError, OutputError  # noqa: E402
+from .errors import (Cancelled, InputError, LungSegError, ModelError, OutputError,  # noqa: E402
+                     PlausibilityError)
 
 
 def __getattr__(name):
@@ -17,4 +18,4 @@ def __getattr__(name):
 
 
 __all__ = ["LungSegmenter", "LungSegError", "InputError", "OutputError", "ModelError", "Cancelled",
-           "__version__"]
+           "PlausibilityError", "__version__"]

@@ -30,3 +30,16 @@ class Cancelled(LungSegError):
     """The run was cancelled by the user; nothing was written."""
 
     exit_code = 130
+
+
+class PlausibilityError(LungSegError):
+    """``--strict`` (``strict=True``): the result carries plausibility warnings, so it was not written.
+
+    ``findings`` holds the :class:`LungSegLib.core.checks.Finding` objects that failed.
+    """
+
+    exit_code = 7
+
+    def __init__(self, message: str, findings=()):
+        super().__init__(message)
+        self.findings = list(findings)

@@ -9,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from .compressed import verify_compressed_input
 
 #: Extensions read as single files (anything else SimpleITK reads is tried too).
 CT_FILE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".dcm")
@@ -69,6 +70,7 @@ def read_ct(path: os.PathLike) -> sitk.Image:
     else:
         if path.stat().st_size == 0:
             raise InputError(f"{path} is an empty file (0 bytes).")
+        verify_compressed_input(path)  # ITK reads corrupt or truncated gzip/zlib data silently
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         try:
@@ -163,6 +165,27 @@ def validate_ct_image(image: sitk.Image, name: str = "the image") -> None:
         raise InputError(f"{name} has no voxels (size {image.GetSize()}).")
     if "complex" in image.GetPixelIDTypeAsString():
         raise InputError(f"{name} has complex pixels; a CT has real values in HU.")
+    check_direction(np.array(image.GetDirection()).reshape(image.GetDimension(), -1)[:3, :3], name)
+
+
+def check_direction(direction: np.ndarray, name: str = "the image") -> None:
+    """Refuse a direction matrix whose axes are not perpendicular unit vectors (a sheared or scaled
+    grid, or NaN): LungSeg's slices and volumes assume an orthogonal voxel grid."""
+    d = np.asarray(direction, dtype=float)
+    if d.shape != (3, 3) or not np.all(np.isfinite(d)):
+        raise InputError(f"{name} has an invalid direction matrix ({d.ravel().tolist()}): it needs three "
+                         "finite axis directions. Fix the header (space directions / TransformMatrix).")
+    if np.allclose(d.T @ d, np.eye(3), atol=1e-3):
+        return
+    norms = np.linalg.norm(d, axis=0)
+    unit = d / np.where(norms > 0, norms, 1.0)
+    cosines = np.abs(unit.T @ unit - np.eye(3))
+    shear = float(np.degrees(np.arcsin(np.clip(cosines.max(), 0.0, 1.0))))
+    raise InputError(
+        f"{name} has a non-orthogonal direction matrix: its image axes are sheared by {shear:.1f} degrees "
+        "(lengths " + ", ".join(f"{n:.3g}" for n in norms) + "), so its voxels are not boxes. LungSeg "
+        "needs an orthogonal grid: resample the image onto one (e.g. 3D Slicer's Resample Scalar Volume) "
+        "or fix the header's space directions.")
 
 
 def as_3d(image: sitk.Image) -> sitk.Image:

@@ -1,7 +1,8 @@
 """Post-processing of lung labelmaps on the canonical stack (column index grows to patient left).
 
-All functions take and return uint8 arrays ``[slice, row, column]`` with 0 background, 1 right lung,
-2 left lung, and work on the whole volume at once (SciPy), never slice by slice in Python.
+All functions take and return uint8 arrays ``[slice, row, column]`` holding the label values of
+:mod:`LungSegLib.labels` (0 background, ``RIGHT`` lung, ``LEFT`` lung), and work on the whole volume
+at once (SciPy), never slice by slice in Python.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Tuple
 import numpy as np
 from scipy import ndimage
 
-RIGHT, LEFT = 1, 2
+from ..labels import LEFT, RIGHT
 _CONNECT_26 = np.ones((3, 3, 3), dtype=bool)
 _IN_PLANE_4 = np.zeros((3, 3, 3), dtype=bool)
 _IN_PLANE_4[1] = ndimage.generate_binary_structure(2, 1)

@@ -108,6 +108,10 @@ class SliceResampler:
         (wr, r0, r1), (wc, c0, c1) = self._fwd
         lo, hi = self.spec.hu_window
         crop = np.array(slices_hu[:, r0:r1, c0:c1], dtype=np.float32)
+        if np.asarray(slices_hu).dtype.kind == "f" and not np.isfinite(crop).all():
+            # NaN/Inf voxels lie outside the field of view: air like padding (a NaN would spread
+            # through the resampling products over whole rows and columns)
+            np.nan_to_num(crop, copy=False, nan=lo, posinf=lo, neginf=lo)
         np.clip(crop, lo, hi, out=crop)
         crop -= lo  # air becomes 0, so pixels outside the scan need no extra term
         out = wc.cols(wr.rows(crop))
@@ -158,7 +162,8 @@ def body_center_mm(volume_hu: np.ndarray, pixel_spacing: Tuple[float, float]) ->
     step_z = max(1, nz // 48)
     step = [max(1, int(round(4.0 / s))) for s in pixel_spacing]
     sub = np.asarray(volume_hu[::step_z, ::step[0], ::step[1]])
-    frac = (sub > BODY_HU).mean(axis=0)
+    frac = (sub > BODY_HU).mean(axis=0) if sub.dtype.kind != "f" else \
+        ((sub > BODY_HU) & np.isfinite(sub)).mean(axis=0)  # +inf voxels are not body
     body = frac >= 1 / 3
     radius = [max(1, int(round(10.0 / (s * st)))) for s, st in zip(pixel_spacing, step)]
     body = ndimage.binary_opening(body, structure=np.ones((2 * radius[0] + 1, 2 * radius[1] + 1)))
