@@ -45,10 +45,11 @@ for _root in _moduleRoots():
         break
 
 import LungSegLogicLib  # noqa: E402  (needs the path above)
+from LungSegLib import defaults  # noqa: E402
 from LungSegLib.errors import LungSegError  # noqa: E402
 
 #: Device choices shown in the panel (the worker's --device values).
-DEVICES = ["auto", "cpu", "gpu"]
+DEVICES = list(defaults.DEVICES)
 
 
 #
@@ -102,7 +103,7 @@ class LungSegParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     postprocess: bool = True
     device: Annotated[str, Choice(DEVICES)] = "auto"
-    batchSize: Annotated[int, WithinRange(1, 64)] = 4
+    batchSize: Annotated[int, WithinRange(1, defaults.MAX_BATCH_SIZE)] = defaults.WORKER_BATCH_SIZE
     exportLabelmap: bool = False
     show3D: bool = True
 

@@ -194,6 +194,8 @@ def _run_evaluate(args) -> int:
     from tqdm import tqdm
 
     from .evaluation import evaluate
+    from .evaluation.cases import find_ground_truth
+    from .evaluation.report import check_outputs, format_table, write_reports
     from .errors import InputError
 
     source = args.prediction
@@ -209,8 +211,8 @@ def _run_evaluate(args) -> int:
         print(f"lungseg evaluate: error: {usage_error}", file=sys.stderr)
         return 2
     if args.out:
-        evaluate.check_outputs(args.out, args.overwrite)  # fail before any work
-    cases = evaluate.find_cases(args.ground_truth, args.cases)
+        check_outputs(args.out, args.overwrite)  # fail before any work
+    cases = find_ground_truth(args.ground_truth, args.cases)
     bar = tqdm(total=len(cases) if not use_model else None, unit="case" if not use_model else "slice",
                desc="Evaluating", disable=args.quiet, file=sys.stderr)
     try:
@@ -254,9 +256,9 @@ def _run_evaluate(args) -> int:
     finally:
         bar.close()
     if not args.quiet:
-        print(evaluate.format_table(report))
+        print(format_table(report))
     if args.out:
-        paths = evaluate.write_reports(report, worst, args.out, overwrite=args.overwrite)
+        paths = write_reports(report, worst, args.out, overwrite=args.overwrite)
         if not args.quiet:
             print("Wrote " + ", ".join(str(p) for p in paths))
     return 0

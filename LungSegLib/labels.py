@@ -32,6 +32,7 @@ class Label:
         key: a short identifier for tables, JSON and CSV columns ("right").
         side: ``"right"``/``"left"`` (patient side) or None.
         color: display colour, RGB in 0..1.
+        color_name: that colour in a word, for legends ("green").
         category, type, modifier: the segment's coded terminology (SNOMED CT).
     """
 
@@ -40,6 +41,7 @@ class Label:
     key: str
     side: Optional[str]
     color: Tuple[float, float, float]
+    color_name: str = ""
     category: Code = ANATOMICAL_STRUCTURE
     type: Code = LUNG
     modifier: Optional[Code] = None
@@ -66,8 +68,8 @@ LEFT = 2
 
 #: The labels a LungSeg labelmap holds besides background, in label order.
 LUNG_LABELS: Tuple[Label, ...] = (
-    Label(RIGHT, "Right lung", "right", "right", (0.502, 0.682, 0.502), modifier=RIGHT_SIDE),
-    Label(LEFT, "Left lung", "left", "left", (0.502, 0.502, 0.855), modifier=LEFT_SIDE),
+    Label(RIGHT, "Right lung", "right", "right", (0.502, 0.682, 0.502), "green", modifier=RIGHT_SIDE),
+    Label(LEFT, "Left lung", "left", "left", (0.502, 0.502, 0.855), "blue", modifier=LEFT_SIDE),
 )
 
 #: Class names in network output order (channel 0 is background); a model card's ``classes`` must
@@ -101,6 +103,11 @@ def by_side(side: str) -> Label:
 def volume_names() -> Dict[int, str]:
     """``{value: name in lower case}``, the keys of volume dictionaries (``{'right lung': mL, ...}``)."""
     return {label.value: label.name.lower() for label in LUNG_LABELS}
+
+
+def legend() -> str:
+    """``"green = right lung, blue = left lung"``: the colours of the labels in words."""
+    return ", ".join(f"{label.color_name} = {label.name.lower()}" for label in LUNG_LABELS)
 
 
 def check_classes(classes) -> None:

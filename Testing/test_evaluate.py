@@ -1,4 +1,4 @@
-"""`lungseg evaluate` and LungSegLib.evaluation.evaluate: matching cases, grids, excluded slices, swap flag, reports."""
+"""`lungseg evaluate` and LungSegLib.evaluation (cases, scoring, evaluate, report): matching cases, grids, excluded slices, swap flag, reports."""
 from __future__ import annotations
 
 import csv
@@ -11,6 +11,8 @@ import pytest
 import SimpleITK as sitk
 
 from LungSegLib.evaluation import evaluate as ev
+from LungSegLib.evaluation.cases import find_ground_truth, read_lung_labelmap
+from LungSegLib.evaluation.report import write_reports
 from LungSegLib.cli import main
 from LungSegLib.errors import InputError, OutputError
 from LungSegLib.core.geometry import Geometry
@@ -132,11 +134,11 @@ def test_missing_prediction_and_missing_ground_truth_are_input_errors(tmp_path, 
     report, _ = ev.evaluate_predictions(pred, root, names=["caseA"])
     assert len(report.cases) == 1
     with pytest.raises(InputError, match="nope"):
-        ev.find_cases(root, ["nope"])
+        find_ground_truth(root, ["nope"])
     with pytest.raises(InputError, match="not found"):
-        ev.find_cases(tmp_path / "missing")
+        find_ground_truth(tmp_path / "missing")
     with pytest.raises(InputError, match="no ground-truth case"):
-        ev.find_cases(pred)
+        find_ground_truth(pred)
 
 
 def test_labelmap_with_other_values_is_refused(tmp_path, gt_dir):
@@ -146,7 +148,7 @@ def test_labelmap_with_other_values_is_refused(tmp_path, gt_dir):
     path = tmp_path / "bad.nrrd"
     sitk.WriteImage(image, str(path))
     with pytest.raises(InputError, match="expected 0 background"):
-        ev.read_labelmap(path)
+        read_lung_labelmap(path)
 
 
 def test_segmentation_segments_are_mapped_by_name(tmp_path, gt_dir):
@@ -160,7 +162,7 @@ def test_segmentation_segments_are_mapped_by_name(tmp_path, gt_dir):
         image.SetMetaData(f"Segment{n}_Layer", "0")
     path = tmp_path / "x.seg.nrrd"
     sitk.WriteImage(image, str(path))
-    back, _ = ev.read_labelmap(path)
+    back, _ = read_lung_labelmap(path)
     assert np.array_equal(back, labels)
 
 
@@ -214,7 +216,7 @@ def test_infinite_distances_are_null_in_json(tmp_path, gt_dir):
     report, worst = ev.evaluate_predictions(pred, root)
     assert math.isinf(report.cases[0].lungs[1].hd95_mm) and report.cases[0].lungs[1].dice == 0.0
     assert report.summary["left lung"]["hd95_mm"]["n_undefined"] == 2
-    paths = ev.write_reports(report, worst, tmp_path / "out")
+    paths = write_reports(report, worst, tmp_path / "out")
     data = json.loads(paths[1].read_text())
     assert data["cases"][0]["lungs"][1]["hd95_mm"] is None
     assert "inf" in paths[0].read_text()
@@ -232,7 +234,7 @@ def test_model_evaluation_runs_the_model_on_each_ct(tmp_path, gt_dir, oracle_mod
     assert case["case"] == "caseA" and not case["swapped"]
     # the oracle finds the phantom's lungs on their own sides
     assert all(lung["dice"] > 0.7 for lung in case["lungs"]), case["lungs"]
-    saved, _ = ev.read_labelmap(out / "predictions" / "caseA.seg.nrrd")
+    saved, _ = read_lung_labelmap(out / "predictions" / "caseA.seg.nrrd")
     assert set(np.unique(saved)) == {0, 1, 2}
 
 

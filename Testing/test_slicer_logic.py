@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO / "LungSeg"))
 
 from LungSegLib.errors import Cancelled, InputError, ModelError  # noqa: E402
 from LungSegLib.worker import WorkerError  # noqa: E402
-from LungSegLib.core.writers import SEGMENTS  # noqa: E402
+from LungSegLib.labels import LUNG_LABELS as SEGMENTS  # noqa: E402
 from LungSegLogicLib import SEGMENT_NAMES, LungSegLogic, missing_requirements, volume_array  # noqa: E402
 
 BATCH = 3
@@ -106,7 +106,7 @@ def test_segment_creates_lung_segmentation_on_the_volume_grid(mrml_app, ct_in_st
         segment = seg.GetSegment(outcome.segmentIds[spec.name])
         assert segment.GetName() == spec.name
         assert segment.GetColor() == pytest.approx(spec.color)
-        assert terminology(segment) == spec.terminology()
+        assert terminology(segment) == spec.slicer_terminology()
         assert "SCT^39607008^Lung" in terminology(segment) and spec.modifier[0] in terminology(segment)
     assert seg.GetSegment(outcome.segmentIds["Right lung"]).GetColor() != \
         pytest.approx(seg.GetSegment(outcome.segmentIds["Left lung"]).GetColor())
@@ -136,7 +136,7 @@ def test_segment_creates_lung_segmentation_on_the_volume_grid(mrml_app, ct_in_st
     np.testing.assert_allclose(ijk_to_ras(labelmap), ijk_to_ras(volume), atol=1e-6)
     for spec in SEGMENTS:
         np.testing.assert_array_equal(segment_mask(scene, segmentation, outcome.segmentIds[spec.name], volume),
-                                      expected == spec.label)
+                                      expected == spec.value)
     voxel_ml = np.prod(volume.GetSpacing()) / 1000
     assert outcome.volumesMl["right lung"] == pytest.approx((expected == 1).sum() * voxel_ml)
     assert outcome.modelName == "oracle" and not outcome.placeholderModel
@@ -164,8 +164,8 @@ def test_segment_creates_lung_segmentation_on_the_volume_grid(mrml_app, ct_in_st
         segment_id = loaded_seg.GetSegmentIdBySegmentName(spec.name)
         segment = loaded_seg.GetSegment(segment_id)
         assert segment.GetColor() == pytest.approx(spec.color, abs=1e-4)
-        assert terminology(segment) == spec.terminology()
-        np.testing.assert_array_equal(segment_mask(scene, loaded, segment_id, volume), expected == spec.label)
+        assert terminology(segment) == spec.slicer_terminology()
+        np.testing.assert_array_equal(segment_mask(scene, loaded, segment_id, volume), expected == spec.value)
 
 
 def test_existing_segmentation_keeps_other_segments(mrml_app, ct_in_study, logic):

@@ -8,7 +8,8 @@ import SimpleITK as sitk
 
 from LungSegLib.errors import OutputError
 from LungSegLib.core.geometry import Geometry
-from LungSegLib.core.writers import SEGMENTS, check_output_path, format_of, write_labelmap
+from LungSegLib.core.writers import check_output_path, format_of, write_labelmap
+from LungSegLib.labels import LUNG_LABELS as SEGMENTS
 
 
 @pytest.fixture()

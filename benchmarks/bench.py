@@ -245,10 +245,8 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> Dict[str, float]:
     """Dice per lung (1 right, 2 left) and their mean."""
     try:
         from LungSegLib.evaluation.metrics import dice
-    except ImportError:  # an older LungSegLib (PYTHONPATH) being compared
-        def dice(a: np.ndarray, b: np.ndarray) -> float:
-            total = int(a.sum()) + int(b.sum())
-            return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
+    except ImportError:  # an older LungSegLib (PYTHONPATH, flat layout) being compared
+        from LungSegLib.metrics import dice
     scores = {name: dice(pred == value, truth == value) for value, name in ((1, "right"), (2, "left"))}
     scores["mean"] = (scores["right"] + scores["left"]) / 2
     return scores

@@ -18,13 +18,12 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from LungSegLib.api import LungSegmenter
+from LungSegLib.evaluation.metrics import dice
 from LungSegLib.core.geometry import Geometry
 
 CASES = ("LUNG1-002", "ACRIN-FLT-Breast-001")
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
 
 
 def painted_regions(gt: np.ndarray, spacing_zyx: np.ndarray):

@@ -26,6 +26,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from LungSegLib.evaluation.metrics import dice  # noqa: E402  (the library's Dice: both empty -> 1.0)
+
 CONFIGS = [
     ("binary", "bce", ["--classes", "1", "--loss", "bce"]),
     ("binary", "dice", ["--classes", "1", "--loss", "dice"]),
@@ -39,9 +42,7 @@ def per_class_scores(pred: np.ndarray, truth: np.ndarray, classes) -> dict:
     scores = {}
     for name, value in classes:
         p, t = pred == value, truth == value
-        tp = np.count_nonzero(p & t)
-        denom = np.count_nonzero(p) + np.count_nonzero(t)
-        scores[f"dice_{name}"] = 2 * tp / denom if denom else 1.0
+        scores[f"dice_{name}"] = dice(p, t)
         scores[f"accuracy_{name}"] = float(np.mean(p == t))
     return scores
 

@@ -28,7 +28,7 @@ def render_lungs(labels_canonical: np.ndarray, spacing_zyx, size=(520, 520)) -> 
     import vtk
     from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
 
-    from LungSegLib.core.writers import SEGMENTS
+    from LungSegLib.labels import LUNG_LABELS
 
     image = vtk.vtkImageData()
     nz, ny, nx = labels_canonical.shape
@@ -37,10 +37,10 @@ def render_lungs(labels_canonical: np.ndarray, spacing_zyx, size=(520, 520)) -> 
     image.GetPointData().SetScalars(numpy_to_vtk(np.ascontiguousarray(labels_canonical).ravel(), deep=True))
     renderer = vtk.vtkRenderer()
     renderer.SetBackground(0.08, 0.08, 0.1)
-    for segment in SEGMENTS:
+    for segment in LUNG_LABELS:
         surface = vtk.vtkDiscreteFlyingEdges3D()
         surface.SetInputData(image)
-        surface.SetValue(0, segment.label)
+        surface.SetValue(0, segment.value)
         smooth = vtk.vtkWindowedSincPolyDataFilter()
         smooth.SetInputConnection(surface.GetOutputPort())
         smooth.SetNumberOfIterations(20)

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..labels import LUNG_LABELS, legend
+from .atomic import atomic_path
 from .geometry import Geometry, canonical_orientation
 
-_COLOURS = {1: (128, 174, 128), 2: (128, 128, 218)}
+_COLOURS = {label.value: label.color_255 for label in LUNG_LABELS}
 
 
 def _to_rgb(ct: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -59,10 +61,9 @@ def write_overview(ct: np.ndarray, labels: np.ndarray, geometry: Geometry, path:
     canvas[24:24 + coronal.shape[0], axial.shape[1] + 8:] = coronal
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
-    draw.text((4, 4), f"axial slice {z}   R | L   green = right lung, blue = left lung", fill=(255, 255, 255))
+    draw.text((4, 4), f"axial slice {z}   R | L   {legend()}", fill=(255, 255, 255))
     draw.text((axial.shape[1] + 12, 4), "coronal", fill=(255, 255, 255))
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    image.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, ".png") as tmp:
+        image.save(tmp)
     return path

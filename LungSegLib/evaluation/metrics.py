@@ -22,9 +22,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from ..core.postprocess import LEFT, RIGHT
-
-LUNGS = ((RIGHT, "right lung"), (LEFT, "left lung"))
+from ..labels import LEFT, LUNG_LABELS, RIGHT
 
 
 def _valid_mask(valid: Optional[np.ndarray], shape: Tuple[int, ...]) -> Optional[np.ndarray]:
@@ -42,10 +40,14 @@ def _restrict(mask: np.ndarray, valid: Optional[np.ndarray]) -> np.ndarray:
 def dice(pred: np.ndarray, truth: np.ndarray, valid: Optional[np.ndarray] = None) -> float:
     """Dice coefficient 2|P∩T| / (|P|+|T|), unitless in [0, 1]; 1 when both are empty."""
     p, t = _restrict(pred, valid), _restrict(truth, valid)
-    total = int(p.sum()) + int(t.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.count_nonzero(p & t)) / total
+    return float(dice_from_counts(np.count_nonzero(p & t), np.count_nonzero(p), np.count_nonzero(t)))
+
+
+def dice_from_counts(intersection, pred_count, truth_count) -> np.ndarray:
+    """Dice from voxel counts |P∩T|, |P|, |T| (scalars or arrays, e.g. summed over cases); 1 where
+    both masks are empty."""
+    intersection, total = np.asarray(intersection), np.asarray(pred_count) + np.asarray(truth_count)
+    return np.where(total > 0, 2.0 * intersection / np.maximum(total, 1), 1.0)
 
 
 def iou(pred: np.ndarray, truth: np.ndarray, valid: Optional[np.ndarray] = None) -> float:
@@ -171,12 +173,13 @@ def assd(pred: np.ndarray, truth: np.ndarray, spacing_mm: Sequence[float],
 
 def mean_lung_dice(pred_labels: np.ndarray, truth_labels: np.ndarray,
                    valid: Optional[np.ndarray] = None) -> float:
-    """Mean Dice of the right (1) and left (2) lung, unitless."""
-    return float(np.mean([dice(pred_labels == lab, truth_labels == lab, valid) for lab, _ in LUNGS]))
+    """Mean Dice of the lungs (each label of :data:`LungSegLib.labels.LUNG_LABELS`), unitless."""
+    return float(np.mean([dice(pred_labels == lung.value, truth_labels == lung.value, valid)
+                          for lung in LUNG_LABELS]))
 
 
 def swap_labels(labels: np.ndarray) -> np.ndarray:
-    """A copy with right (1) and left (2) exchanged."""
+    """A copy with the right and left lung labels exchanged."""
     out = np.array(labels, dtype=np.uint8, copy=True)
     out[labels == RIGHT] = LEFT
     out[labels == LEFT] = RIGHT

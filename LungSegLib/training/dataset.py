@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
+from ..core.atomic import atomic_path
 from ..core.geometry import Geometry, canonical_orientation
 from ..core.postprocess import holds_two_lungs, split_by_side
 from ..labels import LEFT, RIGHT
@@ -196,12 +197,6 @@ def _load_cached(folder: Path, case: CaseFiles) -> CachedCase:
                       meta["slices"], meta["has_lung"])
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
 def prepare_case(case: CaseFiles, cache_dir: os.PathLike, spec: ModelGridSpec = ModelGridSpec()) -> CachedCase:
     """Resample one case onto the model grid (as inference does) and cache it; reuse a valid cache."""
     import SimpleITK as sitk
@@ -238,11 +233,11 @@ def prepare_case(case: CaseFiles, cache_dir: os.PathLike, spec: ModelGridSpec = 
         out_image[start:start + idx.size] = resampler.to_model(canonical[idx])
         out_labels[start:start + idx.size] = resampler.labels_to_model(labels[idx], 3)
     folder.mkdir(parents=True, exist_ok=True)
-    _save_atomic(folder / "image.npy", out_image)
-    _save_atomic(folder / "labels.npy", out_labels)
-    tmp = folder / f".meta.tmp{os.getpid()}.npz"
-    np.savez(tmp, slices=keep, has_lung=out_labels.reshape(keep.size, -1).any(axis=1))
-    os.replace(tmp, folder / "meta.npz")  # written last: its presence marks a complete cache
+    for name, array in (("image.npy", out_image), ("labels.npy", out_labels)):
+        with atomic_path(folder / name) as tmp:
+            np.save(tmp, array)
+    with atomic_path(folder / "meta.npz") as tmp:  # written last: its presence marks a complete cache
+        np.savez(tmp, slices=keep, has_lung=out_labels.reshape(keep.size, -1).any(axis=1))
     return _load_cached(folder, case)
 
 

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError, OutputError
+from ..core.atomic import atomic_path
 from ..core.geometry import Geometry
 
 DEFAULT_RIGHT_NAMES = ("Lung R", "RT LUNG", "Lung_R", "Right Lung", "LUNG_RT", "R Lung", "Lung Right",
@@ -392,17 +393,12 @@ def import_rtstruct(ct_dir: os.PathLike, rtstruct_path: os.PathLike, out_dir: os
         if np.all(values == np.round(values)) and values.min() >= -32768 and values.max() <= 32767:
             ct_image = sitk.Cast(image, sitk.sitkInt16)  # HU are whole numbers: keep the file small
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmps = [p.with_name(f".{p.name}.{os.getpid()}.tmp{''.join(p.suffixes)}") for p in targets]
-    try:
-        sitk.WriteImage(ct_image, str(tmps[0]), useCompression=True)
-        sitk.WriteImage(labelmap_image(labels, geometry), str(tmps[1]), useCompression=True)
-        tmps[2].write_text(json.dumps(report.to_info(), indent=1) + "\n", encoding="utf-8")
-        for tmp, target in zip(tmps, targets):
-            os.replace(tmp, target)
+    try:  # all three written before any is renamed into place
+        with atomic_path(targets[0]) as ct_tmp, atomic_path(targets[1]) as label_tmp, \
+                atomic_path(targets[2]) as info_tmp:
+            sitk.WriteImage(ct_image, str(ct_tmp), useCompression=True)
+            sitk.WriteImage(labelmap_image(labels, geometry), str(label_tmp), useCompression=True)
+            info_tmp.write_text(json.dumps(report.to_info(), indent=1) + "\n", encoding="utf-8")
     except (RuntimeError, OSError) as exc:
         raise OutputError(f"Could not write the case into {out_dir}: {str(exc).strip().splitlines()[-1]}") from exc
-    finally:
-        for tmp in tmps:
-            if tmp.exists():
-                tmp.unlink()
     return report

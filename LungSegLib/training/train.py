@@ -29,10 +29,11 @@ from .. import __version__
 from .augment import AugmentConfig, Augmenter
 from .dataset import CachedCase, SliceSampler, find_cases, make_split, model_labels, prepare_case, tf_dataset
 from ..errors import InputError, OutputError
-from ..core.model import CLASSES_3, write_card
+from ..core.atomic import atomic_path, atomic_write_text
+from ..core.model import write_card
 from ..core.preprocess import ModelGridSpec
-
-CLASSES_1 = ("background", "lung")
+from ..evaluation.metrics import dice_from_counts
+from ..labels import BINARY_CLASS_NAMES, CLASS_NAMES, LUNG_LABELS
 
 
 @dataclass
@@ -68,7 +69,7 @@ class TrainConfig:
 
     @property
     def classes(self) -> Tuple[str, ...]:
-        return CLASSES_1 if self.n_classes == 1 else CLASSES_3
+        return BINARY_CLASS_NAMES if self.n_classes == 1 else CLASS_NAMES
 
     def to_json(self) -> Dict:
         return asdict(self)
@@ -100,16 +101,9 @@ class TrainResult:
 
 def dice_counts(pred: np.ndarray, true: np.ndarray, n_classes: int) -> np.ndarray:
     """(intersection, predicted, true) voxel counts per lung label, shape (n_lungs, 3)."""
-    labels = (1,) if n_classes == 1 else (1, 2)
+    labels = (1,) if n_classes == 1 else tuple(lung.value for lung in LUNG_LABELS)
     return np.array([[np.count_nonzero((pred == c) & (true == c)), np.count_nonzero(pred == c),
                       np.count_nonzero(true == c)] for c in labels], dtype=np.int64)
-
-
-def dice_from_counts(counts: np.ndarray) -> np.ndarray:
-    """Dice per lung from :func:`dice_counts` sums (1.0 where both are empty)."""
-    inter, pred, true = counts[:, 0], counts[:, 1], counts[:, 2]
-    denom = pred + true
-    return np.where(denom > 0, 2.0 * inter / np.maximum(denom, 1), 1.0)
 
 
 def predict_labels(keras_model, images: np.ndarray, n_classes: int) -> np.ndarray:
@@ -121,12 +115,12 @@ def predict_labels(keras_model, images: np.ndarray, n_classes: int) -> np.ndarra
     return np.argmax(probs, axis=-1).astype(np.uint8)
 
 
-def evaluate_cases(keras_model, cases: Sequence[CachedCase], n_classes: int,
+def validation_counts(keras_model, cases: Sequence[CachedCase], n_classes: int,
                    batch_size: int = 8) -> Dict[str, np.ndarray]:
     """Per case, :func:`dice_counts` over all its model-grid slices (no augmentation)."""
     out = {}
     for case in cases:
-        counts = np.zeros((1 if n_classes == 1 else 2, 3), dtype=np.int64)
+        counts = np.zeros((1 if n_classes == 1 else len(LUNG_LABELS), 3), dtype=np.int64)
         for start in range(0, len(case), batch_size):
             pred = predict_labels(keras_model, case.image[start:start + batch_size], n_classes)
             counts += dice_counts(pred, model_labels(case.labels[start:start + batch_size], n_classes), n_classes)
@@ -157,10 +151,10 @@ def _run_state_callback():
             logs["lr"] = float(lr(self.model.optimizer.iterations) if callable(lr) else np.asarray(lr))
             logs["minutes"] = (time.monotonic() - self.started) / 60  # since this (re)start
             if run.val_cases:
-                per_case = evaluate_cases(self.model, run.val_cases, run.config.n_classes, run.config.batch_size)
+                per_case = validation_counts(self.model, run.val_cases, run.config.n_classes, run.config.batch_size)
                 total = sum(per_case.values())
-                dice = dice_from_counts(total)
-                names = ("lung",) if run.config.n_classes == 1 else ("right", "left")
+                dice = dice_from_counts(total[:, 0], total[:, 1], total[:, 2])
+                names = ("lung",) if run.config.n_classes == 1 else tuple(lung.key for lung in LUNG_LABELS)
                 for name, value in zip(names, dice):
                     logs[f"val_dice_{name}"] = float(value)
                 logs["val_dice"] = float(np.mean(dice))
@@ -221,9 +215,8 @@ class _Run:
             writer.writerow([row.get(k, "") for k in header])
 
     def save_last(self, keras_model) -> None:
-        tmp = self.dir / ".last.tmp.keras"
-        keras_model.save(tmp)
-        os.replace(tmp, self.dir / "last.keras")
+        with atomic_path(self.dir / "last.keras") as tmp:
+            keras_model.save(tmp)
         _write_json(self.dir / "state.json", self.state)
 
     def save_best(self, keras_model) -> None:
@@ -244,7 +237,6 @@ class _Run:
         state = self.state
         return {
             "name": self.dir.name,
-            "placeholder": False,
             "classes": list(cfg.classes),
             "input": {"size": cfg.size, "pixel_mm": cfg.pixel_mm, "hu_window": list(cfg.hu_window),
                       "preprocessing": "canonical axial stack (S, P, L), each slice resampled to the "
@@ -272,9 +264,7 @@ class _Run:
 
 
 def _write_json(path: Path, data: Dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _compile(keras_model, config: TrainConfig) -> None:

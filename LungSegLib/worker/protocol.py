@@ -38,6 +38,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import Cancelled, InputError, LungSegError, ModelError, OutputError
+from ..core.atomic import atomic_path
 from ..core.geometry import Geometry
 
 EXIT_CODES = """exit codes:
@@ -125,13 +126,8 @@ def write_volume(volume: np.ndarray, ijk_to_ras: np.ndarray, path: os.PathLike) 
     path = Path(path)
     image = sitk.GetImageFromArray(np.ascontiguousarray(volume))
     Geometry.from_ijk_to_ras(ijk_to_ras).apply_to_sitk(image)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.nrrd")
-    try:
+    with atomic_path(path, ".nrrd") as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
