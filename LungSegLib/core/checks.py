@@ -211,8 +211,8 @@ def result_findings(labels: np.ndarray, geometry: Geometry) -> List[Finding]:
                 "volume_out_of_range", f"The {names[key]} is {ml:.0f} mL, beyond adult anatomy (over "
                                        f"{MAX_LUNG_ML:g} mL): check the voxel spacing and the result.", key))
     right, left = volumes.get("right", 0.0), volumes.get("left", 0.0)
-    if right > 0 and left > 0:
-        ratio = right / left
+    if right > 0 and left > 0 and not any(f.code == "lung_too_small" for f in findings):
+        ratio = right / left  # (a lung already flagged as too small needs no second warning)
         if not RATIO_RANGE[0] <= ratio <= RATIO_RANGE[1]:
             findings.append(Finding(
                 "ratio_out_of_range", f"The right/left lung volume ratio is {ratio:.2f} ({right:.0f} / "
