@@ -301,6 +301,53 @@ def _run_import_rt(args) -> int:
     return 0
 
 
+def _add_batch_parser(sub) -> None:
+    p = sub.add_parser(
+        "batch", help="segment every CT under a folder (resumable; shards for job arrays)",
+        description="Segment every CT under INPUT_ROOT -- DICOM series (grouped by Series Instance UID, "
+                    "also across nested folders) and .nrrd/.nhdr/.nii/.nii.gz/.mha/.mhd files -- into the "
+                    "same folder structure under OUTPUT_ROOT, and write OUTPUT_ROOT/summary.csv (input, "
+                    "status, volumes in mL, warnings, seconds). A CT whose output is complete (its "
+                    "<output>.lungseg.json marker matches it) is skipped, so an interrupted run continues "
+                    "where it stopped; a CT that fails is recorded and the batch goes on. The model is "
+                    "loaded once per process.",
+        epilog="exit codes: 0 every CT done, 3 some CTs failed or (with --merge) were not run (see the "
+               "summary), 2 usage, 4 output problem, 5 model problem, 130 cancelled.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input_root", metavar="INPUT_ROOT", help="folder searched for CTs (recursively)")
+    p.add_argument("output_root", metavar="OUTPUT_ROOT", help="folder for the outputs and summary.csv")
+    p.add_argument("--format", choices=FORMATS, default="seg.nrrd",
+                   help="output format (default seg.nrrd; dcm writes DICOM SEG, for DICOM inputs only)")
+    p.add_argument("--report", action="store_true", help="also write <output>.report.json per CT")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="worker processes on this machine, each pinned to its share of the cores "
+                        "(default 1)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="process only shard I of N (0-based; the sorted inputs dealt round-robin), e.g. "
+                        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; writes summary.shard-I-of-N.csv")
+    p.add_argument("--merge", action="store_true",
+                   help="join the shards' summaries into summary.csv (no segmentation); CTs that no shard "
+                        "reported are listed as 'not run'")
+    p.add_argument("--include", action="append", metavar="GLOB",
+                   help="only volume files whose name matches (e.g. 'ct.nrrd'; repeatable); DICOM series "
+                        "are always included")
+    p.add_argument("--model", help="a .keras model with its .json card (default: the bundled model)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="slices per network call (default 8)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads with --jobs 1 (default: all cores; with --jobs N each worker gets "
+                        "cores/N)")
+    p.add_argument("--no-postprocess", action="store_true", help="keep the raw network output")
+    p.add_argument("--no-hu-check", action="store_true", help="do not refuse non-HU intensities")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
+    p.set_defaults(func=_run_batch)
+
+
+def _run_batch(args) -> int:
+    from .batch import batch_main
+
+    return batch_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lungseg", description="Right/left lung segmentation of chest CT (LungSeg).",
@@ -311,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_parser(sub)
     _add_import_rt_parser(sub)
     _add_train_parser(sub)
+    _add_batch_parser(sub)
     return parser
 
 
