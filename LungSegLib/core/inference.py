@@ -9,12 +9,14 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from ..defaults import BATCH_SIZE
 from ..errors import Cancelled, InputError
-from .geometry import Geometry, canonical_orientation
-from .intensity import check_hounsfield
+from ..labels import MAX_LABEL, volume_names
+from .geometry import Geometry
+from .intensity import check_hounsfield, hu_to_unit
 from .model import LoadedModel
-from .postprocess import LEFT, RIGHT, PostprocessOptions, postprocess, split_by_side
-from .preprocess import BODY_HU, resampler_for_volume
+from .postprocess import PostprocessOptions, postprocess, split_by_side
+from .preprocess import BODY_HU, prepare_volume
 
 ProgressCallback = Callable[[int, int], None]
 CancelFlag = Union[Callable[[], bool], "threading.Event", None]  # noqa: F821
@@ -82,8 +84,8 @@ class SegmentationResult:
     def volumes_ml(self) -> Dict[str, float]:
         """Lung volumes in mL."""
         voxel = self.geometry.voxel_volume_ml()
-        counts = np.bincount(self.labels.ravel(), minlength=3)
-        return {"right lung": float(counts[RIGHT] * voxel), "left lung": float(counts[LEFT] * voxel)}
+        counts = np.bincount(self.labels.ravel(), minlength=MAX_LABEL + 1)
+        return {name: float(counts[value] * voxel) for value, name in volume_names().items()}
 
 
 class _Predictor:
@@ -132,8 +134,7 @@ def _predictor(model: LoadedModel, batch_size: int, compute_dtype: str = "float3
 def _body_level(spec) -> float:
     """The −500 HU body threshold in the model's [0, 1] input scale: a model-grid slice with nothing
     above it shows no body and is background without asking the network."""
-    lo, hi = spec.hu_window
-    return (BODY_HU - lo) / (hi - lo)
+    return hu_to_unit(BODY_HU, spec.hu_window)
 
 
 #: Where every lung probability on the model grid is below this, every input pixel interpolated
@@ -200,7 +201,7 @@ def _run_batches(canonical: np.ndarray, canonical_labels: np.ndarray, resampler,
 
 
 def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
-                  batch_size: int = 8, postprocess_options: Optional[PostprocessOptions] = PostprocessOptions(),
+                  batch_size: int = BATCH_SIZE, postprocess_options: Optional[PostprocessOptions] = PostprocessOptions(),
                   check_hu: bool = True, progress: Optional[ProgressCallback] = None,
                   cancel: CancelFlag = None, compute_dtype: str = "float32") -> SegmentationResult:
     """Segment the lungs in a CT volume.
@@ -239,12 +240,11 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
     t0 = time.perf_counter()
     if check_hu:
         check_hounsfield(volume)
-    orientation = canonical_orientation(geometry)
+    prepared = prepare_volume(volume, geometry, model.spec)
+    orientation, canonical, resampler = prepared.orientation, prepared.canonical, prepared.resampler
     if orientation.obliquity_deg > 1.0:
         warnings.append(f"The volume is oblique by {orientation.obliquity_deg:.1f} degrees: it is segmented "
                         "on its own slices, taken as the nearest axial orientation.")
-    canonical = orientation.to_canonical(volume)
-    resampler = resampler_for_volume(canonical, orientation.pixel_spacing_mm, model.spec)
     labels = np.zeros(volume.shape, dtype=np.uint8)
     canonical_labels = orientation.to_canonical(labels)  # a writable view of `labels`
     timings["preprocess"] = time.perf_counter() - t0

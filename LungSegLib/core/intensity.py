@@ -5,19 +5,33 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ..defaults import HU_WINDOW
 from ..errors import InputError
 
-#: Model input window in HU: air (−1024) to soft-tissue/contrast (600). Values outside are clipped,
-#: so −3024 padding outside the scan circle looks like air and bone/metal like dense tissue.
-HU_WINDOW: Tuple[float, float] = (-1024.0, 600.0)
+
+def window_offset_scale(hu_window: Tuple[float, float] = HU_WINDOW) -> Tuple[float, float]:
+    """``(offset, scale)`` of the one HU-to-model-input mapping: ``(clip(hu, window) - offset) * scale``.
+
+    The offset is the window's bottom, so air becomes 0 (pixels outside the scan need no extra term
+    when slices are resampled), and the window's top becomes 1.
+    """
+    lo, hi = hu_window
+    return lo, 1.0 / (hi - lo)
+
+
+def hu_to_unit(hu, hu_window: Tuple[float, float] = HU_WINDOW):
+    """An HU value (or array) on the model input's scale, 0 at the window's bottom and 1 at its top
+    (not clipped: thresholds and augmentation levels)."""
+    offset, scale = window_offset_scale(hu_window)
+    return (hu - offset) * scale
 
 
 def window(hu: np.ndarray, hu_window: Tuple[float, float] = HU_WINDOW) -> np.ndarray:
     """Clip HU to ``hu_window`` and scale to [0, 1] (float32)."""
-    lo, hi = hu_window
-    out = np.clip(np.asarray(hu, dtype=np.float32), lo, hi)
-    out -= lo
-    out *= 1.0 / (hi - lo)
+    offset, scale = window_offset_scale(hu_window)
+    out = np.clip(np.asarray(hu, dtype=np.float32), *hu_window)
+    out -= offset
+    out *= scale
     return out
 
 

@@ -16,10 +16,9 @@ from typing import Optional, Tuple
 import numpy as np
 from scipy import ndimage
 
-from .geometry import interpolation_matrix, support
-from .intensity import HU_WINDOW, window
-
-BODY_HU = -500.0
+from .geometry import CanonicalOrientation, Geometry, canonical_orientation, interpolation_matrix, support
+from ..defaults import BODY_HU, GRID_PIXEL_MM, GRID_SIZE, HU_WINDOW
+from .intensity import window_offset_scale
 #: Output rows per tile of a banded resampling matrix (small enough to skip most zeros, large enough
 #: for efficient matrix products).
 _TILE = 32
@@ -69,8 +68,8 @@ class _Banded:
 class ModelGridSpec:
     """The model's input grid: ``size`` x ``size`` pixels of ``pixel_mm`` mm, HU window."""
 
-    size: int = 256
-    pixel_mm: float = 1.5
+    size: int = GRID_SIZE
+    pixel_mm: float = GRID_PIXEL_MM
     hu_window: Tuple[float, float] = HU_WINDOW
 
 
@@ -107,15 +106,16 @@ class SliceResampler:
         """(B, H, W) HU (any numeric dtype) -> (B, size, size) float32 in [0, 1]."""
         (wr, r0, r1), (wc, c0, c1) = self._fwd
         lo, hi = self.spec.hu_window
+        offset, scale = window_offset_scale(self.spec.hu_window)
         crop = np.array(slices_hu[:, r0:r1, c0:c1], dtype=np.float32)
         if np.asarray(slices_hu).dtype.kind == "f" and not np.isfinite(crop).all():
             # NaN/Inf voxels lie outside the field of view: air like padding (a NaN would spread
             # through the resampling products over whole rows and columns)
             np.nan_to_num(crop, copy=False, nan=lo, posinf=lo, neginf=lo)
         np.clip(crop, lo, hi, out=crop)
-        crop -= lo  # air becomes 0, so pixels outside the scan need no extra term
+        crop -= offset  # air becomes 0, so pixels outside the scan need no extra term
         out = wc.cols(wr.rows(crop))
-        out *= 1.0 / (hi - lo)
+        out *= scale  # resampling is linear: scaling after it is the same, on fewer pixels
         return out
 
     def to_input(self, maps: np.ndarray, channel_axis: int = -1,
@@ -184,4 +184,34 @@ def resampler_for_volume(volume_hu: np.ndarray, pixel_spacing: Tuple[float, floa
                           body_center_mm(volume_hu, pixel_spacing), spec)
 
 
-__all__ = ["ModelGridSpec", "SliceResampler", "body_center_mm", "resampler_for_volume", "window"]
+@dataclass(frozen=True)
+class PreparedVolume:
+    """A CT volume made ready for the model, the same way for inference and training.
+
+    ``canonical`` is the input reordered to the canonical stack (a view where possible, never
+    modified; HU), ``orientation`` maps arrays to and from it, and ``resampler`` takes its slices to
+    the model grid (body-centred, ``spec``'s pixel size) and back.
+    """
+
+    orientation: CanonicalOrientation
+    canonical: np.ndarray
+    resampler: SliceResampler
+
+    def model_slices(self, index) -> np.ndarray:
+        """Canonical slices ``index`` (a slice or an index array) on the model grid, float32 in [0, 1]
+        (intensity window applied)."""
+        return self.resampler.to_model(self.canonical[index])
+
+
+def prepare_volume(volume: np.ndarray, geometry: Geometry, spec: ModelGridSpec = ModelGridSpec()) -> PreparedVolume:
+    """The one preparation path: orientation (canonical stack from the patient geometry, so sides are
+    the patient's), then the model grid (centred on the body), then intensity (:meth:`PreparedVolume.model_slices`,
+    batch by batch, so memory stays bounded)."""
+    orientation = canonical_orientation(geometry)
+    canonical = orientation.to_canonical(volume)
+    return PreparedVolume(orientation, canonical,
+                          resampler_for_volume(canonical, orientation.pixel_spacing_mm, spec))
+
+
+__all__ = ["BODY_HU", "ModelGridSpec", "PreparedVolume", "SliceResampler", "body_center_mm", "prepare_volume",
+           "resampler_for_volume"]

@@ -15,8 +15,9 @@ from typing import Tuple
 import numpy as np
 from scipy import ndimage
 
-from ..core.intensity import HU_WINDOW
-from ..core.postprocess import LEFT, RIGHT
+from ..core.intensity import hu_to_unit
+from ..defaults import HU_WINDOW
+from ..labels import LEFT, RIGHT
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,6 @@ class AugmentConfig:
     noise_hu: float = 30.0
     p_blur: float = 0.25
     hu_window: Tuple[float, float] = HU_WINDOW
-
-
-def hu_to_unit(hu: float, window: Tuple[float, float] = HU_WINDOW) -> float:
-    """An HU value as the model input sees it ([0, 1] across the window)."""
-    return (hu - window[0]) / (window[1] - window[0])
 
 
 def flip_left_right(image: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

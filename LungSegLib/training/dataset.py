@@ -19,10 +19,10 @@ import numpy as np
 
 from ..errors import InputError
 from ..core.atomic import atomic_path
-from ..core.geometry import Geometry, canonical_orientation
+from ..core.geometry import Geometry
 from ..core.postprocess import holds_two_lungs, split_by_side
-from ..labels import LEFT, RIGHT
-from ..core.preprocess import ModelGridSpec, resampler_for_volume
+from ..labels import LEFT, MAX_LABEL, RIGHT
+from ..core.preprocess import ModelGridSpec, prepare_volume
 
 #: Accepted (CT, labelmap) file names inside a case folder, in order of preference.
 CASE_FILE_PAIRS = (
@@ -218,20 +218,19 @@ def prepare_case(case: CaseFiles, cache_dir: os.PathLike, spec: ModelGridSpec = 
     if not np.allclose(Geometry.from_sitk(label_image).ijk_to_lps(), geometry.ijk_to_lps(), atol=1e-2):
         raise InputError(f"{case.case_id}: the labelmap's spacing/origin/direction differ from the CT's.")
     volume = sitk.GetArrayViewFromImage(image)
-    orientation = canonical_orientation(geometry)
-    canonical = orientation.to_canonical(volume)
+    prepared = prepare_volume(volume, geometry, spec)  # exactly as inference prepares it
+    orientation = prepared.orientation
     labels = three_class_labels(orientation.to_canonical(sitk.GetArrayFromImage(label_image)), case.case_id)
     skip_k = suspect_slices(_read_info(case.info), volume.shape[0])
     skip = orientation.to_canonical(np.broadcast_to(skip_k[:, None, None], volume.shape)).any(axis=(1, 2))
     keep = np.flatnonzero(~skip)
 
-    resampler = resampler_for_volume(canonical, orientation.pixel_spacing_mm, spec)
     out_image = np.empty((keep.size, spec.size, spec.size), dtype=np.float16)
     out_labels = np.empty((keep.size, spec.size, spec.size), dtype=np.uint8)
     for start in range(0, keep.size, _CHUNK):
         idx = keep[start:start + _CHUNK]
-        out_image[start:start + idx.size] = resampler.to_model(canonical[idx])
-        out_labels[start:start + idx.size] = resampler.labels_to_model(labels[idx], 3)
+        out_image[start:start + idx.size] = prepared.model_slices(idx)
+        out_labels[start:start + idx.size] = prepared.resampler.labels_to_model(labels[idx], MAX_LABEL + 1)
     folder.mkdir(parents=True, exist_ok=True)
     for name, array in (("image.npy", out_image), ("labels.npy", out_labels)):
         with atomic_path(folder / name) as tmp:
