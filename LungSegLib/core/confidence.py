@@ -1,0 +1,249 @@
+"""How sure the network is, per slice and per lung, read from its own probabilities.
+
+During inference the :class:`SliceScorer` sees every batch of model-grid probabilities (after the
+network, before the way back to the input grid) and keeps a few numbers per slice and lung:
+
+* ``area_px``: model-grid pixels the lung wins (argmax over background, right, left);
+* ``expected_error_px``: sum over pixels of ``min(p, 1 - p)`` for that lung's probability ``p`` --
+  the number of pixels a decision at 0.5 is expected to get wrong *if the probabilities were
+  calibrated*; it is concentrated in the lung's boundary band, where ``p`` is neither 0 nor 1;
+* ``entropy_px``: the 3-class softmax entropy (nats) summed over the lung's band (``p > 0.05``);
+* ``margin_px``: ``1 - (top-1 - top-2 probability)`` summed over that band;
+* ``flip_disagreement_px`` (test-time flip only): pixels where the plain pass and the left-right
+  mirrored pass (right/left channels swapped back) disagree about the lung.
+
+The per-slice *score* the review list ranks by is chosen by measurement on the shared cases
+(``benchmarks/confidence.py``, results in ``benchmarks/results/confidence.md``): see
+:data:`DEFAULT_SCORE` and :func:`SliceConfidence.scores`.
+
+Everything is computed only on the rows and columns where some lung probability is >= 0.05 (the lungs'
+box on the model grid) and only when asked: inference without a scorer does none of this.
+
+With ``flip=True`` every batch also runs mirrored; the two passes' probabilities are averaged (the
+usual test-time augmentation), which costs a second network pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from ..labels import LUNG_LABELS
+
+#: A lung's "band": model-grid pixels where its probability exceeds this.
+BAND_P = 0.05
+#: The raw statistics kept per slice and lung (pixels on the model grid).
+STATS = ("area_px", "expected_error_px", "entropy_px", "margin_px", "flip_disagreement_px")
+#: Area (model-grid pixels) added to a lung's area before dividing by it, so tiny apex/base slices
+#: do not get huge relative scores from a handful of uncertain pixels.
+AREA_PRIOR_PX = 50.0
+#: The score ranked by default (see :meth:`SliceConfidence.scores`; chosen in benchmarks/confidence.py).
+DEFAULT_SCORE = "expected_dice_error"
+
+
+@dataclass(frozen=True)
+class ConfidenceOptions:
+    """What the confidence pass does.
+
+    Attributes:
+        flip: also run the left-right mirrored pass, average the probabilities, and measure the
+            agreement between the passes (a second network pass: slower).
+    """
+
+    flip: bool = False
+
+
+@dataclass
+class SliceConfidence:
+    """Per-slice, per-lung network statistics on the input grid's slices.
+
+    Attributes:
+        axis: the input array axis whose index is the axial slice (0 for the usual ``[k, j, i]``
+            axial volume); ``stats[name][s, n]`` is slice ``s`` along that axis, lung ``n`` in
+            :data:`LungSegLib.labels.LUNG_LABELS` order.
+        stats: raw statistics in model-grid pixels (:data:`STATS`); ``flip_disagreement_px`` is NaN
+            without the flip pass.
+        pixel_mm: the model grid's pixel size (mm), to turn pixel counts into mm².
+        flip: whether the flip pass ran.
+    """
+
+    axis: int
+    stats: Dict[str, np.ndarray]
+    pixel_mm: float
+    flip: bool = False
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.stats["area_px"].shape[0])
+
+    def scores(self, name: str = DEFAULT_SCORE) -> np.ndarray:
+        """``[n_slices, n_lungs]`` uncertainty (higher = check first) by one of these rules:
+
+        * ``expected_dice_error``: expected_error / (2 x area + prior): about the Dice error a
+          calibrated network expects on that slice (0 = sure);
+        * ``expected_error_mm2``: the expected error area in mm² (absolute);
+        * ``expected_error_sqrt``: expected error / sqrt(2 x area + prior), between the two;
+        * ``entropy_rel`` / ``margin_rel``: entropy / margin band sums over (area + prior);
+        * ``entropy_mm2``: the entropy band sum in mm²;
+        * ``flip_rel`` / ``flip_mm2``: flip disagreement over (area + prior), or in mm² (flip only).
+        """
+        s = self.stats
+        area = s["area_px"] + AREA_PRIOR_PX
+        px2 = self.pixel_mm ** 2
+        rules: Dict[str, Callable[[], np.ndarray]] = {
+            "expected_dice_error": lambda: s["expected_error_px"] / (2 * s["area_px"] + AREA_PRIOR_PX),
+            "expected_error_mm2": lambda: s["expected_error_px"] * px2,
+            "expected_error_sqrt": lambda: s["expected_error_px"] / np.sqrt(2 * s["area_px"] + AREA_PRIOR_PX),
+            "entropy_rel": lambda: s["entropy_px"] / area,
+            "margin_rel": lambda: s["margin_px"] / area,
+            "entropy_mm2": lambda: s["entropy_px"] * px2,
+            "flip_rel": lambda: s["flip_disagreement_px"] / area,
+            "flip_mm2": lambda: s["flip_disagreement_px"] * px2,
+        }
+        if name not in rules:
+            raise ValueError(f"Unknown confidence score {name!r}; choose one of {sorted(rules)}.")
+        if name.startswith("flip") and not self.flip:
+            raise ValueError("The flip scores need the test-time flip pass (flip=True).")
+        return rules[name]()
+
+    def slice_scores(self, name: str = DEFAULT_SCORE) -> np.ndarray:
+        """``[n_slices]``: the uncertainty of the slice (its less certain lung)."""
+        return self.scores(name).max(axis=1)
+
+    def slice_confidence(self) -> np.ndarray:
+        """``[n_slices]`` confidence in 0..1 (1 = sure): one minus the expected Dice error of the
+        slice's less certain lung."""
+        return np.clip(1.0 - self.slice_scores("expected_dice_error"), 0.0, 1.0)
+
+    def lung_confidence(self) -> Dict[str, float]:
+        """Per lung (label key), confidence in 0..1: one minus the lung's expected Dice error over all
+        slices (expected error pixels / 2 x area). NaN for a lung the network never found."""
+        err = self.stats["expected_error_px"].sum(axis=0)
+        area = self.stats["area_px"].sum(axis=0)
+        out = {}
+        for n, label in enumerate(LUNG_LABELS[:err.shape[0]]):
+            out[label.key] = float(1.0 - err[n] / (2 * area[n])) if area[n] > 0 else float("nan")
+        return out
+
+    def flip_agreement(self) -> Optional[Dict[str, float]]:
+        """Per lung, the Dice-like agreement of the plain and mirrored passes, 1 - disagreement /
+        (2 x area); None without the flip pass."""
+        if not self.flip:
+            return None
+        dis = self.stats["flip_disagreement_px"].sum(axis=0)
+        area = self.stats["area_px"].sum(axis=0)
+        return {label.key: (float(1.0 - dis[n] / (2 * area[n])) if area[n] > 0 else float("nan"))
+                for n, label in enumerate(LUNG_LABELS[:dis.shape[0]])}
+
+    def to_dict(self) -> Dict[str, object]:
+        """JSON-ready summary: per-lung confidence and the per-slice confidence along ``axis``."""
+        def clean(d):
+            return None if d is None else {k: (None if not np.isfinite(v) else round(v, 4)) for k, v in d.items()}
+
+        return {"axis": self.axis, "flip": self.flip, "score": DEFAULT_SCORE,
+                "lung_confidence": clean(self.lung_confidence()),
+                "flip_agreement": clean(self.flip_agreement()),
+                "slice_confidence": [round(float(v), 4) for v in self.slice_confidence()]}
+
+
+def _box(lungs: np.ndarray, level: float = BAND_P) -> Optional[Tuple[slice, slice]]:
+    hot = (lungs > level).any(axis=(0, 1))
+    rows, cols = np.flatnonzero(hot.any(axis=1)), np.flatnonzero(hot.any(axis=0))
+    if rows.size == 0:
+        return None
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
+def _hard(lungs: np.ndarray) -> np.ndarray:
+    """Argmax over (background, lungs...) of ``[B, C, h, w]`` lung probabilities -> 0..C labels."""
+    background = 1.0 - lungs.sum(axis=1, keepdims=True)
+    return np.argmax(np.concatenate([background, lungs], axis=1), axis=1)
+
+
+class SliceScorer:
+    """Collects :class:`SliceConfidence` statistics batch by batch during inference.
+
+    Args:
+        n_slices: slices of the canonical stack.
+        n_lungs: lung channels the network outputs (2; 1 for a binary model).
+        pixel_mm: model-grid pixel size (mm).
+        options: :class:`ConfidenceOptions`.
+    """
+
+    def __init__(self, n_slices: int, n_lungs: int, pixel_mm: float,
+                 options: ConfidenceOptions = ConfidenceOptions()):
+        self.options = options
+        self.pixel_mm = float(pixel_mm)
+        self.stats = {name: np.zeros((n_slices, n_lungs), np.float64) for name in STATS}
+        if not options.flip:
+            self.stats["flip_disagreement_px"][:] = np.nan
+
+    def observe(self, start: int, x: np.ndarray, lungs: np.ndarray, body: np.ndarray,
+                predict: Callable[[np.ndarray], np.ndarray], binary: bool) -> np.ndarray:
+        """Score one batch; returns the lung probabilities inference should use (averaged with the
+        mirrored pass when flipping).
+
+        Args:
+            start: canonical index of the batch's first slice.
+            x: ``[B, S, S]`` model input; lungs: ``[B, C, S, S]`` lung probabilities (0 off the body);
+            body: ``[B]`` which slices show a body; predict: the network; binary: 1-channel model.
+        """
+        stop = start + len(lungs)
+        if self.options.flip:
+            mirrored = predict(np.ascontiguousarray(x[:, :, ::-1]))
+            mirrored = mirrored if binary else mirrored[:, 1:]
+            # mirror back, and the mirrored image's "right lung" is the patient's left lung
+            mirrored = mirrored[:, ::-1, :, ::-1] if not binary else mirrored[:, :, :, ::-1]
+            mirrored = np.array(mirrored, dtype=np.float32)
+            mirrored[~body] = 0
+            dis = self._disagreement(lungs, mirrored)
+            self.stats["flip_disagreement_px"][start:stop] = dis
+            lungs = 0.5 * (lungs + mirrored)
+        box = _box(lungs)
+        if box is None:
+            return lungs
+        p = lungs[:, :, box[0], box[1]]
+        hard = _hard(p)
+        background = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
+        eps = 1e-7
+        entropy = -background * np.log(background + eps)
+        top1 = background.copy()
+        low = background.copy()
+        for c in range(p.shape[1]):
+            pc = p[:, c]
+            entropy -= pc * np.log(pc + eps)
+            np.maximum(top1, pc, out=top1)
+            np.minimum(low, pc, out=low)
+        if p.shape[1] == 1:
+            top2 = 1.0 - top1  # two classes: the runner-up is the other
+        else:
+            top2 = 1.0 - top1 - low  # three classes: what is neither the largest nor the smallest
+        unsure = 1.0 - (top1 - top2)
+        for c in range(p.shape[1]):
+            pc = p[:, c]
+            band = pc > BAND_P
+            self.stats["area_px"][start:stop, c] = (hard == c + 1).sum(axis=(1, 2))
+            self.stats["expected_error_px"][start:stop, c] = np.minimum(pc, 1.0 - pc).sum(axis=(1, 2))
+            self.stats["entropy_px"][start:stop, c] = (entropy * band).sum(axis=(1, 2))
+            self.stats["margin_px"][start:stop, c] = (unsure * band).sum(axis=(1, 2))
+        return lungs
+
+    @staticmethod
+    def _disagreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``[B, C]`` pixels where the two passes' argmax labels differ about each lung."""
+        box = _box(np.maximum(a, b))
+        if box is None:
+            return np.zeros(a.shape[:2])
+        ha, hb = _hard(a[:, :, box[0], box[1]]), _hard(b[:, :, box[0], box[1]])
+        return np.stack([((ha == c + 1) != (hb == c + 1)).sum(axis=(1, 2)) for c in range(a.shape[1])],
+                        axis=1)
+
+    def result(self, axis: int, flipped_axis: bool) -> SliceConfidence:
+        """The statistics on the input array's slice order: ``axis`` is the input axis that is the
+        canonical slice axis, ``flipped_axis`` whether the canonical order runs against it."""
+        stats = {k: (v[::-1].copy() if flipped_axis else v) for k, v in self.stats.items()}
+        return SliceConfidence(axis=int(axis), stats=stats, pixel_mm=self.pixel_mm, flip=self.options.flip)
+
+
+__all__ = ["ConfidenceOptions", "DEFAULT_SCORE", "SliceConfidence", "SliceScorer", "STATS"]
