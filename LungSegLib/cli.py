@@ -2,22 +2,26 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from typing import List, Optional
 
 from . import __version__
-from .defaults import FORMATS
-from .errors import LungSegError
+from .defaults import BATCH_SIZE, FORMATS, MAX_BATCH_SIZE, PRECISIONS, TRAIN_BATCH_SIZE
+from .errors import Cancelled, LungSegError, exit_codes_help, exit_meanings
 
-EXIT_CODES = """exit codes:
-  0    success
-  1    unexpected internal error (please report it with the message)
-  2    wrong command-line usage
-  3    bad input (unreadable, not a 3-D CT, not in HU, ...)
-  4    output problem (exists without --overwrite, unknown format, cannot write)
-  5    model problem (missing, checksum mismatch, incompatible)
-  130  cancelled (Ctrl+C); nothing was written
-"""
+EXIT_CODES = exit_codes_help(exit_meanings(notes={LungSegError.exit_code: "please report it with the message",
+                                                  Cancelled.exit_code: "Ctrl+C"}))
+
+
+def _batch_size(text: str) -> int:
+    """argparse type: a batch size in the supported range (a usage error, exit code 2, otherwise)."""
+    value = _positive_int(text)
+    if value > MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"must be 1-{MAX_BATCH_SIZE}, got {value} (memory grows with the "
+                                         "batch; larger batches are no faster)")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -42,21 +46,38 @@ def _add_segment_parser(sub) -> None:
     p.add_argument("output", help="output labelmap: .seg.nrrd (3D Slicer segmentation), .nrrd, .nii.gz, "
                                   ".nii, .mha, or .dcm (DICOM SEG; needs a DICOM folder as INPUT and "
                                   "pip install 'lungseg[dicom]')")
-    p.add_argument("--model", help="a .keras model with its .json card (default: the bundled model)")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="slices per network call (default 8)")
+    p.add_argument("--model", help="exported weights (.npz) or a .keras model, with its .json card "
+                                   "(default: the bundled model)")
+    p.add_argument("--batch-size", type=_batch_size, default=BATCH_SIZE,
+                   help=f"slices per network call, 1-{MAX_BATCH_SIZE} (default {BATCH_SIZE}; memory grows "
+                        "with it)")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--no-postprocess", action="store_true",
                    help="keep the raw network output (no component clean-up, hole filling or side check)")
     p.add_argument("--format", choices=FORMATS,
                    help="output format (default: from OUTPUT's extension)")
     p.add_argument("--overview", metavar="PNG", help="also write a PNG with axial/coronal overlays")
+    p.add_argument("--report", metavar="FILE", action="append", default=[],
+                   help="also write a report for clinician review: .json (everything), .csv (the measures "
+                        "table), .png or .pdf (one page: slices with the overlay, measures, flags, the slices "
+                        "to review); repeat for several formats. Implies --review")
+    p.add_argument("--review", action="store_true",
+                   help="compute the network's per-slice confidence, the lung density measures and the "
+                        "ranked list of slices to review, and print them")
+    p.add_argument("--flip", action="store_true",
+                   help="test-time flip: also run the left-right mirrored image and average the two (a second "
+                        "network pass, slower); reports the agreement of the passes")
     p.add_argument("--no-hu-check", action="store_true",
                    help="segment even if the intensities do not look like Hounsfield units")
-    p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
+    p.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
                    help="arithmetic of the network: float32 (default, exact), bfloat16 (about twice as fast on "
                         "CPUs with AVX512_BF16/AMX, labels differ in ~0.01%% of voxels) or auto (bfloat16 "
                         "where the CPU has it natively)")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--strict", action="store_true",
+                   help="fail (exit 7, nothing written) when the result has any warning: no lung, a lung "
+                        "missing or too small, volumes or right/left ratio beyond anatomy, a lung cut by the "
+                        "image border, thick slices, oblique or unusual spacing, non-HU or NaN voxels")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_run_segment)
 
@@ -65,19 +86,21 @@ def _run_segment(args) -> int:
     from tqdm import tqdm
 
     from .api import LungSegmenter
-    from .core.writers import check_output_path
+    from .core.tf_quiet import import_tensorflow
 
-    fmt = check_output_path(args.output, args.overwrite, args.format)  # fail before loading TensorFlow
-    if fmt == "dcm":
-        from .core.dicomseg import check_dicom_seg_input
-
-        check_dicom_seg_input(args.input)
+    # lazy: segment_file checks every output path and reads and checks the input before the model
+    # (and TensorFlow, seconds) loads, so a refusal comes at once
     segmenter = LungSegmenter(args.model, batch_size=args.batch_size, threads=args.threads,
                               postprocess=not args.no_postprocess, check_hu=not args.no_hu_check,
-                              compute_dtype=args.precision)
-    if segmenter.model.is_placeholder and not args.quiet:
-        print("warning: the bundled model is a placeholder, not a trained model: results are not "
-              "meaningful", file=sys.stderr)
+                              compute_dtype=args.precision, lazy=True,
+                              review=bool(args.review or args.report), flip=args.flip)
+
+    def on_stage(stage: str) -> None:
+        if stage == "model":
+            if not args.quiet:
+                print("Loading the model...", file=sys.stderr, flush=True)
+            import_tensorflow()  # without its start-up lines
+
     bars = []  # opened at the first batch, so a refused input shows no empty bar
 
     def progress(done: int, total: int) -> None:
@@ -88,20 +111,49 @@ def _run_segment(args) -> int:
 
     try:
         result = segmenter.segment_file(args.input, args.output, fmt=args.format, overwrite=args.overwrite,
-                                        overview_path=args.overview, progress=progress)
+                                        overview_path=args.overview, progress=progress, on_stage=on_stage,
+                                        extra_outputs=_report_outputs(args, segmenter), strict=args.strict)
     finally:
         for bar in bars:
             bar.close()
     if not args.quiet:
-        for warning in result.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+        for warning in result.warnings:  # named findings (core/checks.py): the message, then the code
+            print(f"warning: {warning} [{getattr(warning, 'code', 'warning')}]", file=sys.stderr)
         vol = result.volumes_ml()
         total = sum(result.timings_s.values())
         print(f"Wrote {args.output}: right lung {vol['right lung']:.0f} mL, left lung "
               f"{vol['left lung']:.0f} mL ({total:.1f} s)")
         if args.overview:
             print(f"Wrote {args.overview}")
+        if result.measures is not None or result.review:
+            from .core.review import format_review
+
+            print(format_review(result))
+        for path in args.report:
+            print(f"Wrote {path}")
     return 0
+
+
+def _report_outputs(args, segmenter):
+    """``extra_outputs`` for segment_file: one role per ``--report`` file (checked with the other outputs
+    before any work, written with them all or not at all)."""
+    from pathlib import Path
+
+    from .core.report import report_format, write_reports
+
+    out = {}
+    for path in args.report:
+        fmt = report_format(path)
+        role = "report" if len(args.report) == 1 else f"{fmt} report"
+        if role in out:
+            role = f"report {path}"
+
+        def writer(result, tmp, path=path):
+            write_reports([tmp], result, input_path=args.input, output_path=args.output,
+                          model_name=segmenter.model_name, title_name=Path(args.input).name)
+
+        out[role] = (path, fmt, writer)
+    return out
 
 
 def _add_train_parser(sub) -> None:
@@ -109,8 +161,10 @@ def _add_train_parser(sub) -> None:
         "train", help="train a lung segmentation U-Net on CT + labelmap cases",
         description="Train the 2-D U-Net on a folder of cases (one subfolder per case holding ct.nrrd + "
                     "label.nrrd, or image/ct.nii.gz + label.nii.gz; labels 0/1 right/2 left or one lung "
-                    "value). Writes RUN_DIR/best.keras with its model card best.json, last.keras for "
-                    "--resume, and log.csv. Slices go through exactly the inference preprocessing.",
+                    "value). Writes RUN_DIR/best.keras with its model card best.json, the same weights "
+                    "exported as best.weights.npz + best.weights.json (the form to ship: it loads with any "
+                    "supported Keras), last.keras for --resume, and log.csv. Slices go through exactly "
+                    "the inference preprocessing.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cases_dir", help="folder with one subfolder per case")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (created)")
@@ -126,7 +180,8 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--depth", type=int, default=4, help="number of 2x poolings (default 4)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default 40; with --resume: new total)")
     p.add_argument("--steps-per-epoch", type=int, default=50, help="batches per epoch (default 50)")
-    p.add_argument("--batch-size", type=int, default=8, help="slices per batch (default 8)")
+    p.add_argument("--batch-size", type=int, default=TRAIN_BATCH_SIZE,
+                   help=f"slices per batch (default {TRAIN_BATCH_SIZE})")
     p.add_argument("--lr", type=float, default=1e-3, help="initial Adam learning rate (cosine decay)")
     p.add_argument("--patience", type=int, default=10,
                    help="stop after this many epochs without improvement (0: never)")
@@ -136,6 +191,10 @@ def _add_train_parser(sub) -> None:
                    help="which epoch becomes best.keras: best validation Dice (default; lowest loss "
                         "without validation) or the last (when the validation case is a test case)")
     p.add_argument("--no-augment", action="store_true", help="train on the slices as they are")
+    p.add_argument("--init", metavar="MODEL", default="",
+                   help="start from existing weights: 'bundled' (the model shipped with LungSeg) or a model "
+                        "file (.keras/.npz with its card), i.e. fine-tune it on your cases; the input grid "
+                        "and architecture come from that model (a lower --lr, e.g. 2e-4, suits fine-tuning)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--cache-dir", help="where resampled cases are cached (default RUN_DIR/cache)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last epoch")
@@ -153,12 +212,37 @@ def _run_train(args) -> int:
                          depth=args.depth, epochs=args.epochs or TrainConfig.epochs,
                          steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                          learning_rate=args.lr, patience=args.patience, seed=args.seed,
-                         augment=not args.no_augment, max_minutes=args.max_minutes, select=args.select)
+                         augment=not args.no_augment, max_minutes=args.max_minutes, select=args.select,
+                         init=args.init)
     verbose = 2 if args.quiet or not sys.stderr.isatty() else 1
     result = train(args.cases_dir, args.out, config, val=args.val, split_file=args.split,
                    resume=args.resume, epochs=args.epochs, cache_dir=args.cache_dir, verbose=verbose)
     print(f"Best epoch {result.best_epoch} of {result.epochs_run} ({result.monitor} {result.best_score:.4f}"
           f"{', stopped early' if result.stopped_early else ''}): {result.best_model} + {result.card.name}")
+    print(f"Exported weights (to ship or pass to --model): {result.best_weights}")
+    return 0
+
+
+def _add_export_parser(sub) -> None:
+    p = sub.add_parser(
+        "export-weights", help="convert a .keras model + card to exported weights (.npz + card)",
+        description="Write the weights of a .keras model from `lungseg train` (with its .json card) as named "
+                    "arrays in OUT (.npz, no pickle) with a card OUT.json giving the architecture, so the "
+                    "model loads with any supported Keras version (a .keras file needs the Keras that "
+                    "saved it or newer). The export is loaded back and checked to be bit-identical.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="a .keras model with its .json card")
+    p.add_argument("out", help="the weights file to write (.npz); its card is written beside it (.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT and its card if they exist")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from .core.model import card_path
+    from .training.export import export_weights
+
+    out = export_weights(args.model, args.out, overwrite=args.overwrite)
+    print(f"Wrote {out} + {card_path(out).name}")
     return 0
 
 
@@ -168,19 +252,19 @@ def _add_evaluate_parser(sub) -> None:
         description="Compare right/left lung labelmaps with ground truth: Dice, IoU, HD95 and ASSD (mm), "
                     "volumes (mL) per case and lung, a right/left swap check, and mean ± SD over cases. "
                     "PRED_OR_MODEL is a folder of predictions named after the cases (<case>.seg.nrrd, "
-                    "<case>.nrrd, <case>.nii.gz or <case>/label.nrrd), a .keras model with its card, or "
+                    "<case>.nrrd, <case>.nii.gz or <case>/label.nrrd), a model (.npz weights or .keras) with its card, or "
                     "'bundled' for the bundled model; a model is run on each case's CT. GROUND_TRUTH_DIR "
                     "holds one folder per case with ct.nrrd and label.nrrd (0/1/2) and optionally "
                     "info.json, whose suspect_slices_label_z are left out.",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prediction", metavar="PRED_OR_MODEL",
-                   help="prediction folder, .keras model file, or 'bundled'")
+                   help="prediction folder, model file (.npz or .keras), or 'bundled'")
     p.add_argument("ground_truth", metavar="GROUND_TRUTH_DIR", help="folder of ground-truth case folders")
     p.add_argument("--out", metavar="DIR", help="write evaluation.csv, evaluation.json and evaluation.png here")
     p.add_argument("--cases", nargs="+", metavar="CASE", help="evaluate only these cases (default: all)")
     p.add_argument("--save-predictions", action="store_true",
                    help="with a model: also write each prediction to DIR/predictions/<case>.seg.nrrd")
-    p.add_argument("--batch-size", type=int, default=8, help="with a model: slices per network call")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="with a model: slices per network call")
     p.add_argument("--threads", type=int, default=None, help="with a model: CPU threads (default: all)")
     p.add_argument("--no-postprocess", action="store_true", help="with a model: keep the raw network output")
     p.add_argument("--overwrite", action="store_true", help="replace existing reports in --out")
@@ -199,9 +283,9 @@ def _run_evaluate(args) -> int:
     from .errors import InputError
 
     source = args.prediction
-    use_model = source == "bundled" or source.lower().endswith(".keras")
+    use_model = source == "bundled" or source.lower().endswith((".keras", ".npz"))
     if not use_model and not Path(source).is_dir():
-        raise InputError(f"{source} is neither a prediction folder nor a .keras model (or 'bundled').")
+        raise InputError(f"{source} is neither a prediction folder nor a .npz/.keras model (or 'bundled').")
     usage_error = ""
     if args.save_predictions and not (use_model and args.out):
         usage_error = "--save-predictions needs a model and --out"
@@ -229,9 +313,6 @@ def _run_evaluate(args) -> int:
                                       "pass --overwrite to replace them.")
             segmenter = LungSegmenter(None if source == "bundled" else source, batch_size=args.batch_size,
                                       threads=args.threads, postprocess=not args.no_postprocess)
-            if segmenter.model.is_placeholder and not args.quiet:
-                print("warning: the bundled model is a placeholder, not a trained model: scores are not "
-                      "meaningful", file=sys.stderr)
 
             def progress(done: int, total: int) -> None:
                 if bar.total != total:
@@ -358,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_parser(sub)
     _add_import_rt_parser(sub)
     _add_train_parser(sub)
+    _add_export_parser(sub)
     _add_batch_parser(sub)
     return parser
 
@@ -368,6 +450,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: errors only
+    previous = _cancel_on_signals()
     try:
         return int(args.func(args) or 0)
     except LungSegError as exc:
@@ -376,6 +460,36 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("lungseg: cancelled; nothing was written.", file=sys.stderr)
         return 130
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _cancel_on_signals() -> dict:
+    """Make SIGTERM (what ``kill``, schedulers and service managers send) cancel like Ctrl-C: the first
+    SIGTERM/SIGINT raises ``KeyboardInterrupt`` in the main thread, which removes every temporary file
+    on its way out (exit 130, nothing written). Later signals are ignored while that clean-up runs, and
+    from the moment the outputs start being renamed into place (:func:`.core.outputs.committing`) a
+    signal no longer interrupts: the run then ends with its files complete. Returns the previous
+    handlers (``main`` puts them back)."""
+    from .core.outputs import committing, reset_committing
+
+    reset_committing()
+    state = {"cancelled": False}
+
+    def on_signal(signum, frame) -> None:
+        if state["cancelled"] or committing():
+            return
+        state["cancelled"] = True
+        raise KeyboardInterrupt
+
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[signum] = signal.signal(signum, on_signal)
+        except (ValueError, OSError):  # not the main thread (an embedding application): leave them
+            pass
+    return previous
 
 
 if __name__ == "__main__":

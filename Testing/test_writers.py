@@ -109,12 +109,19 @@ def test_unknown_extension_is_refused(tmp_path, labelmap, name):
     assert not (tmp_path / name).exists()
 
 
-def test_explicit_format_wins_over_the_extension(tmp_path, labelmap):
+def test_explicit_format_must_agree_with_the_extension(tmp_path, labelmap):
+    from LungSegLib.errors import UsageError
+
     labels, geometry = labelmap
-    path = write_labelmap(labels, geometry, tmp_path / "lungs.out", fmt="nrrd")
+    path = write_labelmap(labels, geometry, tmp_path / "lungs.nrrd", fmt="nrrd")
     assert path.read_bytes().startswith(b"NRRD")
-    with pytest.raises(OutputError, match="Unknown output format"):
+    # NIfTI bytes under a .nrrd name (or NRRD under .out) would be unreadable: refused, nothing written
+    for name, fmt in (("lungs.out", "nrrd"), ("x.nrrd", "nii.gz"), ("x.nii.gz", "nii"), ("x.seg.nrrd", "nrrd")):
+        with pytest.raises(UsageError, match=f"--format {fmt} contradicts"):
+            write_labelmap(labels, geometry, tmp_path / name, fmt=fmt)
+    with pytest.raises(UsageError, match="Unknown output format"):
         write_labelmap(labels, geometry, tmp_path / "x.nrrd", fmt="png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lungs.nrrd"]
 
 
 def test_folder_or_impossible_path_is_refused(tmp_path, labelmap):

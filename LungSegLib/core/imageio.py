@@ -68,6 +68,9 @@ def read_ct(path: os.PathLike) -> sitk.Image:
     if path.is_dir():
         return read_dicom_series(path)[0]
     else:
+        if not path.is_file():  # a FIFO would block the reader, a device never ends
+            raise InputError(f"{path} is not a regular file (a device, named pipe or socket); give a CT file "
+                             "or a DICOM series folder.")
         if path.stat().st_size == 0:
             raise InputError(f"{path} is an empty file (0 bytes).")
         verify_compressed_input(path)  # ITK reads corrupt or truncated gzip/zlib data silently

@@ -12,8 +12,10 @@ from threadpoolctl import threadpool_limits
 from ..defaults import BATCH_SIZE
 from ..errors import Cancelled, InputError
 from ..labels import MAX_LABEL, volume_names
+from .confidence import ConfidenceOptions, SliceConfidence, SliceScorer
 from .geometry import Geometry
-from .intensity import check_hounsfield, hu_to_unit
+from .checks import Finding, check_spacing, input_findings, result_findings
+from .intensity import check_hounsfield, clear_non_finite, count_non_finite, hounsfield_problem, hu_to_unit
 from .model import LoadedModel
 from .postprocess import PostprocessOptions, postprocess, split_by_side
 from .preprocess import BODY_HU, prepare_volume
@@ -79,7 +81,16 @@ class SegmentationResult:
     labels: np.ndarray
     geometry: Geometry
     timings_s: Dict[str, float] = field(default_factory=dict)
-    warnings: List[str] = field(default_factory=list)
+    #: named warnings (:class:`.checks.Finding`; ``str(f)`` is the sentence, ``f.code`` the stable name)
+    warnings: List[Finding] = field(default_factory=list)
+    #: per-slice/per-lung network confidence (only when asked for; see :mod:`.confidence`)
+    confidence: Optional[SliceConfidence] = None
+    #: "review these slices" (:class:`LungSegLib.core.review.ReviewItem`), most urgent first
+    review: list = field(default_factory=list)
+    #: density measures (:class:`LungSegLib.core.quantify.LungMeasures`), when asked for
+    measures: Optional[object] = None
+    #: the few CT slices the one-page report draws (:class:`LungSegLib.core.report.ReportImages`)
+    report_images: Optional[object] = field(default=None, repr=False)
 
     def volumes_ml(self) -> Dict[str, float]:
         """Lung volumes in mL."""
@@ -89,7 +100,10 @@ class SegmentationResult:
 
 
 class _Predictor:
-    """The model as one compiled function of fixed batch shape (no retracing between batches).
+    """The model as one compiled function of fixed batch shape (no retracing between batches), and a
+    second one of any batch size for the short last batch of a volume, so that batch runs on its own
+    slices only (padding it to a full batch cost the memory of a full batch: 4.4 GB for a 48-slice CT
+    at batch size 256).
 
     The graph is the lean version of the Keras model (BatchNorm folded into the convolutions, fused
     convolution + bias + ReLU; see :mod:`.lean_graph`); it returns the output channels first
@@ -110,14 +124,20 @@ class _Predictor:
         def predict(x):
             return tf.transpose(forward(x[..., None]), (0, 3, 1, 2))
 
+        # traced on the first short batch only; the full batches keep their static shape
+        @tf.function(input_signature=[tf.TensorSpec((None, size, size), tf.float32)],
+                     jit_compile=False, reduce_retracing=True)
+        def predict_short(x):
+            return tf.transpose(forward(x[..., None]), (0, 3, 1, 2))
+
         self._predict = predict
+        self._predict_short = predict_short
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """``[n, size, size]`` model-grid slices -> ``[n, C, size, size]`` float32 outputs."""
-        n = batch.shape[0]
-        if n < self.batch_size:
-            batch = np.concatenate([batch, np.zeros((self.batch_size - n,) + batch.shape[1:], batch.dtype)])
-        return self._predict(batch).numpy()[:n]
+        """``[n, size, size]`` model-grid slices (``n <= batch_size``) -> ``[n, C, size, size]`` float32."""
+        if batch.shape[0] == self.batch_size:
+            return self._predict(batch).numpy()
+        return self._predict_short(batch).numpy()
 
 
 _predictors: Dict[tuple, _Predictor] = {}
@@ -168,10 +188,13 @@ def _labels_from_lungs(lungs: np.ndarray) -> np.ndarray:
 
 def _run_batches(canonical: np.ndarray, canonical_labels: np.ndarray, resampler, predictor: _Predictor,
                  binary: bool, body_level: float, batch_size: int, progress: Optional[ProgressCallback],
-                 cancel: CancelFlag, timings: Dict[str, float]) -> None:
-    """Label ``canonical`` batch by batch into ``canonical_labels`` (both canonical stacks)."""
+                 cancel: CancelFlag, timings: Dict[str, float], scorer: Optional[SliceScorer] = None) -> None:
+    """Label ``canonical`` batch by batch into ``canonical_labels`` (both canonical stacks); a
+    ``scorer`` sees each batch's probabilities (and may average in a mirrored pass)."""
     total = canonical.shape[0]
     t_model = t_map = 0.0
+    if scorer is not None:
+        scorer.writer = lambda indices, lung: _write_slices(canonical_labels, resampler, binary, indices, lung)
     for start in range(0, total, batch_size):
         if _is_cancelled(cancel):
             raise Cancelled("Segmentation cancelled; nothing was written.")
@@ -185,6 +208,8 @@ def _run_batches(canonical: np.ndarray, canonical_labels: np.ndarray, resampler,
             t3 = time.perf_counter()
             lung = probs if binary else probs[:, 1:]  # background = 1 - the rest
             lung[~body] = 0
+            if scorer is not None:
+                lung = scorer.observe(start, x, lung, body, predictor, binary)
             within = _lung_box(lung)
             if within is not None:
                 back, (rows, cols) = resampler.to_input(lung, channel_axis=1, within=within)
@@ -196,14 +221,70 @@ def _run_batches(canonical: np.ndarray, canonical_labels: np.ndarray, resampler,
         t_model += t3 - t2
         if progress is not None:
             progress(stop, total)
+    if scorer is not None:
+        t5 = time.perf_counter()
+        scorer.finish(predictor, binary)  # the selective flip's last queued slices
+        t_model += time.perf_counter() - t5
     timings["resample"] = t_map
     timings["inference"] = t_model
+
+
+@dataclass
+class InputCheck:
+    """What :func:`check_input` found about an input that may be segmented: named warnings
+    (:class:`.checks.Finding`) and the number of NaN/infinite voxels."""
+
+    warnings: List[Finding] = field(default_factory=list)
+    non_finite_voxels: int = 0
+
+
+def check_input(volume: np.ndarray, geometry: Geometry, *, check_hu: bool = True,
+                grid_pixel_mm: float = 1.5) -> InputCheck:
+    """Refuse an input that cannot be segmented (:class:`InputError`), before any model is loaded.
+
+    Needs only NumPy: ``lungseg segment`` runs it before TensorFlow starts. ``grid_pixel_mm`` is the
+    model's grid pixel (mm, from its card), which sets the accepted voxel spacing.
+    """
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise InputError(f"Expected a 3-D volume ([k, j, i] array), got an array of shape {volume.shape}.")
+    if not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)):
+        raise InputError(f"Expected a numeric CT volume, got dtype {volume.dtype}.")
+    non_finite = count_non_finite(volume)
+    if volume.size and non_finite == volume.size:
+        raise InputError("Every voxel of the image is NaN or infinite: there is no image to segment. "
+                         "Check the conversion that produced it.")
+    check_spacing(geometry, grid_pixel_mm=grid_pixel_mm)  # refuses a spacing no chest CT has; the margins are warnings below
+    non_hu_reason = None
+    if check_hu:
+        check_hounsfield(volume)
+    else:
+        non_hu_reason = hounsfield_problem(volume)
+    warnings = input_findings(geometry, non_finite_voxels=non_finite, total_voxels=volume.size,
+                              non_hu_reason=non_hu_reason, grid_pixel_mm=grid_pixel_mm)
+    return InputCheck(list(warnings), int(non_finite))
+
+
+def _write_slices(canonical_labels: np.ndarray, resampler, binary: bool, indices: np.ndarray,
+                  lung: np.ndarray) -> None:
+    """Relabel canonical slices ``indices`` from their ``[n, C, S, S]`` model-grid lung probabilities
+    (the test-time flip's averaged ones), replacing what the plain pass wrote there."""
+    canonical_labels[indices] = 0
+    within = _lung_box(lung)
+    if within is None:
+        return
+    back, (rows, cols) = resampler.to_input(lung, channel_axis=1, within=within)
+    out = (back[:, 0] > 0.5).view(np.uint8) if binary else _labels_from_lungs(back)
+    for n, k in enumerate(indices):
+        canonical_labels[k, rows, cols] = out[n]
 
 
 def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
                   batch_size: int = BATCH_SIZE, postprocess_options: Optional[PostprocessOptions] = PostprocessOptions(),
                   check_hu: bool = True, progress: Optional[ProgressCallback] = None,
-                  cancel: CancelFlag = None, compute_dtype: str = "float32") -> SegmentationResult:
+                  cancel: CancelFlag = None, compute_dtype: str = "float32",
+                  confidence: Optional[ConfidenceOptions] = None,
+                  checked: Optional["InputCheck"] = None) -> SegmentationResult:
     """Segment the lungs in a CT volume.
 
     Args:
@@ -218,8 +299,17 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
         compute_dtype: ``"float32"``, or ``"bfloat16"`` for the network's hidden layers (about twice as
             fast on CPUs with AVX512_BF16 or AMX, slower elsewhere; check the Dice of your model with
             it first), or ``"auto"``: bfloat16 where the CPU has it natively.
+        checked: the result of :func:`check_input` on this volume when the caller ran it already
+            (before loading the model, as ``segment_file`` does); None runs it here.
+        confidence: collect per-slice network confidence (and with ``flip=True`` average in the
+            left-right mirrored pass) into ``result.confidence``; None (default) computes nothing.
 
     Slices in which nothing is denser than −500 HU (no body) are background without running the model.
+    NaN/infinite voxels (float inputs) are taken as outside the field of view: air for the network,
+    label 0 in the result, and a ``non_finite_voxels`` warning; an image with nothing else is refused.
+    A voxel spacing outside :data:`.checks.ACCEPTED_PIXEL_RATIO` x the model's grid pixel (0.3-6 mm for
+    the bundled model) or :data:`.checks.ACCEPTED_SLICE_MM` is refused (:class:`InputError`); ``result.warnings`` holds the named findings of
+    :func:`.checks.plausibility_findings`.
 
     Returns:
         A :class:`SegmentationResult` whose ``labels`` (uint8) lie on exactly the input grid.
@@ -236,26 +326,27 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
     if compute_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"compute_dtype must be 'float32', 'bfloat16' or 'auto', not {compute_dtype!r}")
     timings: Dict[str, float] = {}
-    warnings: List[str] = []
     t0 = time.perf_counter()
-    if check_hu:
-        check_hounsfield(volume)
+    if checked is None:
+        checked = check_input(volume, geometry, check_hu=check_hu, grid_pixel_mm=model.spec.pixel_mm)
+    warnings: List[Finding] = list(checked.warnings)
+    non_finite = checked.non_finite_voxels
     prepared = prepare_volume(volume, geometry, model.spec)
     orientation, canonical, resampler = prepared.orientation, prepared.canonical, prepared.resampler
-    if orientation.obliquity_deg > 1.0:
-        warnings.append(f"The volume is oblique by {orientation.obliquity_deg:.1f} degrees: it is segmented "
-                        "on its own slices, taken as the nearest axial orientation.")
     labels = np.zeros(volume.shape, dtype=np.uint8)
     canonical_labels = orientation.to_canonical(labels)  # a writable view of `labels`
     timings["preprocess"] = time.perf_counter() - t0
 
+    batch_size = min(batch_size, max(1, canonical.shape[0]))  # a full batch never exceeds the volume
     predictor = _predictor(model, batch_size, compute_dtype)
     binary = model.n_classes == 1
     body_level = _body_level(model.spec)
     # NumPy's BLAS on one thread: its idle threads would spin on the cores TensorFlow is using
+    scorer = None if confidence is None else SliceScorer(
+        canonical.shape[0], 1 if binary else model.n_classes - 1, model.spec.pixel_mm, confidence)
     with threadpool_limits(1, user_api="blas"):
         _run_batches(canonical, canonical_labels, resampler, predictor, binary, body_level, batch_size,
-                     progress, cancel, timings)
+                     progress, cancel, timings, scorer)
     if _is_cancelled(cancel):
         raise Cancelled("Segmentation cancelled; nothing was written.")
 
@@ -264,9 +355,14 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
         canonical_labels[...] = split_by_side(canonical_labels > 0)
     if postprocess_options is not None:
         work = np.ascontiguousarray(canonical_labels)
-        postprocess(work, postprocess_options)
+        # the canonical CT (a view) lets the HU-based steps (airways, boundary fat) run
+        postprocess(work, postprocess_options, ct=canonical, spacing=orientation.spacing_zyx)
         canonical_labels[...] = work
     timings["postprocess"] = time.perf_counter() - t4
-    if not labels.any():
-        warnings.append("No lung was found in this image.")
-    return SegmentationResult(labels, geometry, timings, warnings)
+    if non_finite:
+        clear_non_finite(volume, labels)  # outside the field of view: never lung, whatever the clean-up
+    warnings += result_findings(labels, geometry)
+    result = SegmentationResult(labels, geometry, timings, warnings)
+    if scorer is not None:
+        result.confidence = scorer.result(orientation.axes[0], orientation.flips[0])
+    return result

@@ -132,6 +132,24 @@ def _check_writable(role: str, path: Path) -> None:
         pass
 
 
+def refuse_non_regular(role: str, path: PathLike, fmt: str = "seg.nrrd") -> None:
+    """Refuse an existing ``path`` that is not a regular file (a folder, device, FIFO, socket), whatever
+    ``--overwrite`` says: renaming over it would replace the node itself (``/dev/full``...)."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # the folder check names a file in the way
+        return
+    except OSError as exc:
+        raise OutputError(f"Cannot use the {role} {path}: {exc.strerror or exc}.") from exc
+    kind = _node_kind(mode)
+    if kind == "a folder":
+        raise OutputError(f"The {role} {path} is a folder; give a file name such as {path / ('lungs.' + fmt)}.")
+    if kind is not None:
+        raise OutputError(f"The {role} {path} exists and is {kind}, not a regular file; LungSeg never "
+                          "replaces such a file (not even with --overwrite). Choose a file name.")
+
+
 def check_output_paths(input_path: Optional[PathLike], outputs: OutputRequest, *,
                        overwrite: bool = False) -> Dict[str, Path]:
     """Refuse every output plan that could lose data or write a misnamed file; see the module docstring.
@@ -154,33 +172,21 @@ def check_output_paths(input_path: Optional[PathLike], outputs: OutputRequest, *
         if raw is None:
             continue
         path = Path(raw)
-        if not path.name.lower().endswith("." + fmt.lower()) or path.name.startswith("."):
-            suggestion = path.with_name(f"{path.stem if path.suffix else path.name}.{fmt}").name
-            raise OutputError(f"The {role} {path} must be named *.{fmt} (a {fmt.upper()} file is written); "
-                              f"for example {suggestion}.")
+        # the gravest problem first: losing the input or another output, replacing a device
         if source is not None and _same_file(path, source):
             raise OutputError(f"The {role} {path} would replace the input CT {source}; choose another file.")
         for other_role, other in planned.items():
             if _same_file(path, other):
                 raise OutputError(f"The {role} and the {other_role} are the same file ({path}); give each "
                                   "its own name.")
-        try:
-            mode = os.stat(path).st_mode
-        except FileNotFoundError:
-            mode = None
-        except OSError as exc:
-            raise OutputError(f"Cannot use the {role} {path}: {exc.strerror or exc}.") from exc
-        if mode is not None:
-            kind = _node_kind(mode)
-            if kind == "a folder":
-                raise OutputError(f"The {role} {path} is a folder; give a file name such as "
-                                  f"{path / ('lungs.' + fmt)}.")
-            if kind is not None:
-                raise OutputError(f"The {role} {path} exists and is {kind}, not a regular file; LungSeg "
-                                  "never replaces such a file (not even with --overwrite). Choose a file name.")
-            if not overwrite:
-                raise OutputError(f"The {role} {path} already exists; LungSeg does not overwrite it unless you "
-                                  "pass --overwrite (overwrite=True).")
+        refuse_non_regular(role, path, fmt)
+        if not path.name.lower().endswith("." + fmt.lower()) or path.name.startswith("."):
+            suggestion = path.with_name(f"{path.stem if path.suffix else path.name}.{fmt}").name
+            raise OutputError(f"The {role} {path} must be named *.{fmt} (a {fmt.upper()} file is written); "
+                              f"for example {suggestion}.")
+        if path.exists() and not overwrite:
+            raise OutputError(f"The {role} {path} already exists; LungSeg does not overwrite it unless you "
+                              "pass --overwrite (overwrite=True).")
         _check_writable(role, path)
         planned[role] = path
     return planned

@@ -2,56 +2,23 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import OutputError
+from .atomic import atomic_path
+from .outputs import OutputSet, check_output_paths, labelmap_format
 from .geometry import Geometry
-from .postprocess import LEFT, RIGHT
-
-FORMATS = ("seg.nrrd", "nrrd", "nii.gz", "nii", "mha", "dcm")
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One segment's name, label value, colour (RGB 0..1) and SNOMED CT laterality modifier."""
-
-    name: str
-    label: int
-    color: Tuple[float, float, float]
-    modifier: Tuple[str, str]
-
-    def terminology(self) -> str:
-        """Slicer's terminology string: category~type~modifier~anatomic context~region~region modifier."""
-        code, meaning = self.modifier
-        return ("Segmentation category and type - 3D Slicer General Anatomy list"
-                "~SCT^123037004^Anatomical Structure~SCT^39607008^Lung"
-                f"~SCT^{code}^{meaning}~Anatomic codes - DICOM master list~^^~^^")
-
-
-#: The two output segments; colours are distinct so the lungs can be told apart at a glance.
-SEGMENTS: Sequence[Segment] = (
-    Segment("Right lung", RIGHT, (0.502, 0.682, 0.502), ("24028007", "Right")),
-    Segment("Left lung", LEFT, (0.502, 0.502, 0.855), ("7771000", "Left")),
-)
+from ..defaults import FORMATS
+from ..labels import LUNG_LABELS
 
 
 def format_of(path: os.PathLike, fmt: Optional[str] = None) -> str:
-    """The output format: ``fmt`` if given, else from the file name's extension."""
-    if fmt:
-        if fmt not in FORMATS:
-            raise OutputError(f"Unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}.")
-        return fmt
-    name = Path(path).name.lower()
-    for candidate in FORMATS:  # longest first, so .seg.nrrd wins over .nrrd
-        if name.endswith("." + candidate):
-            return candidate
-    raise OutputError(f"Cannot tell the output format from {Path(path).name!r}: end it in "
-                      ".seg.nrrd, .nrrd, .nii.gz, .nii, .mha or .dcm (DICOM SEG), or pass --format.")
+    """The output format; see :func:`.outputs.labelmap_format` (``fmt`` must agree with the name)."""
+    return labelmap_format(path, fmt)
 
 
 def labelmap_image(labels: np.ndarray, geometry: Geometry) -> sitk.Image:
@@ -61,6 +28,30 @@ def labelmap_image(labels: np.ndarray, geometry: Geometry) -> sitk.Image:
     return image
 
 
+def _label_extents(labels: np.ndarray, values, slab: int = 16) -> Dict[int, Optional[tuple]]:
+    """Inclusive ``((k0, k1), (j0, j1), (i0, i1))`` bounding box of each label value (None if absent).
+
+    Computed slab by slab (``slab`` slices): a whole-volume mask per label would cost one byte per voxel
+    (0.26 GB each for 512 x 512 x 1000), here the temporaries are a few MB whatever the slice count.
+    """
+    boxes: Dict[int, list] = {v: [None, None, None] for v in values}
+    for k0 in range(0, labels.shape[0], slab):
+        block = labels[k0:k0 + slab]
+        for value in values:
+            mask = block == value
+            ks = np.flatnonzero(mask.any(axis=(1, 2)))
+            if ks.size == 0:
+                continue
+            js = np.flatnonzero(mask.any(axis=(0, 2)))
+            is_ = np.flatnonzero(mask.any(axis=(0, 1)))
+            found = ((k0 + ks[0], k0 + ks[-1]), (js[0], js[-1]), (is_[0], is_[-1]))
+            box = boxes[value]
+            for axis, (lo, hi) in enumerate(found):
+                box[axis] = (lo, hi) if box[axis] is None else (min(box[axis][0], lo), max(box[axis][1], hi))
+    return {v: (tuple((int(lo), int(hi)) for lo, hi in b) if b[0] is not None else None)
+            for v, b in boxes.items()}
+
+
 def _segmentation_metadata(image: sitk.Image, labels: np.ndarray) -> Dict[str, str]:
     size = image.GetSize()
     meta = {
@@ -68,70 +59,67 @@ def _segmentation_metadata(image: sitk.Image, labels: np.ndarray) -> Dict[str, s
         "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
         "Segmentation_ReferenceImageExtentOffset": "0 0 0",
     }
-    for n, seg in enumerate(SEGMENTS):
-        mask = labels == seg.label
-        # per-axis projections, not argwhere: its index list of a whole lung is hundreds of MB
-        used = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-        if used[0].size:  # extent in i j k order, inclusive
-            extent = " ".join(f"{u[0]} {u[-1]}" for u in used[::-1])
+    extents = _label_extents(labels, [seg.value for seg in LUNG_LABELS])
+    for n, seg in enumerate(LUNG_LABELS):
+        box = extents[seg.value]
+        if box is not None:  # extent in i j k order, inclusive
+            extent = " ".join(f"{lo} {hi}" for lo, hi in box[::-1])
         else:
             extent = " ".join(f"0 {s - 1}" for s in size)
         prefix = f"Segment{n}_"
         meta.update({
-            prefix + "ID": f"Segment_{seg.label}",
+            prefix + "ID": f"Segment_{seg.value}",
             prefix + "Name": seg.name,
             prefix + "NameAutoGenerated": "0",
             prefix + "Color": " ".join(f"{c:.6g}" for c in seg.color),
             prefix + "ColorAutoGenerated": "0",
-            prefix + "LabelValue": str(seg.label),
+            prefix + "LabelValue": str(seg.value),
             prefix + "Layer": "0",
             prefix + "Extent": extent,
-            prefix + "Tags": f"TerminologyEntry:{seg.terminology()}|",
+            prefix + "Tags": f"TerminologyEntry:{seg.slicer_terminology()}|",
         })
     return meta
 
 
-def check_output_path(path: os.PathLike, overwrite: bool = False, fmt: Optional[str] = None) -> str:
-    """Refuse an output that exists (unless ``overwrite``) or has no known format; return the format."""
-    path = Path(path)
-    fmt = format_of(path, fmt)
-    if path.is_dir():
-        raise OutputError(f"{path} is a folder; give an output file name such as {path / 'lungs.seg.nrrd'}.")
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path} already exists; LungSeg does not overwrite it unless you pass --overwrite "
-                          "(overwrite=True).")
+def check_output_path(path: os.PathLike, overwrite: bool = False, fmt: Optional[str] = None,
+                      input_path: Optional[os.PathLike] = None) -> str:
+    """Refuse a labelmap output that cannot be written safely (see :func:`.outputs.check_output_paths`:
+    exists without ``overwrite``, not a regular file, the input itself, wrong extension, unwritable
+    folder); return its format."""
+    fmt = labelmap_format(path, fmt)
+    check_output_paths(input_path, {"output": (path, fmt)}, overwrite=overwrite)
     return fmt
 
 
-def write_labelmap(labels: np.ndarray, geometry: Geometry, path: os.PathLike, *, fmt: Optional[str] = None,
-                   overwrite: bool = False) -> Path:
-    """Write a 0/1/2 labelmap atomically: a temporary file in the same folder, renamed into place.
+def save_labelmap(labels: np.ndarray, geometry: Geometry, path: os.PathLike, fmt: str,
+                  target: Optional[os.PathLike] = None) -> None:
+    """Write a 0/1/2 labelmap to ``path`` as it is (no checks, not atomic): the temporary file of an
+    :class:`.outputs.OutputSet`. ``target`` is the final name, for error messages.
 
-    ``seg.nrrd`` writes a Slicer segmentation with "Right lung" / "Left lung" segments, their colours and
-    terminology (SCT 39607008 Lung with SCT 24028007 Right / SCT 7771000 Left).
+    ``seg.nrrd`` writes a Slicer segmentation with one segment per lung label, with the names, colours and
+    terminology codes of :data:`LungSegLib.labels.LUNG_LABELS`.
     """
-    path = Path(path)
-    fmt = check_output_path(path, overwrite, fmt)
-    if fmt == "dcm":  # a SEG references its source images, which a labelmap alone does not know
-        raise OutputError("DICOM SEG output needs the source DICOM series: use "
-                          "LungSegLib.core.dicomseg.write_dicom_seg (or LungSegmenter.segment_file with a "
-                          "DICOM folder as input).")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"Cannot create the folder for {path}: {exc.strerror or exc}") from exc
     image = labelmap_image(labels, geometry)
     if fmt == "seg.nrrd":
         for key, value in _segmentation_metadata(image, labels).items():
             image.SetMetaData(key, value)
-    suffix = ".nii.gz" if fmt == "nii.gz" else "." + fmt.split(".")[-1]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
     try:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
-        os.replace(tmp, path)
-    except (RuntimeError, OSError) as exc:
-        raise OutputError(f"Could not write {path}: {str(exc).strip().splitlines()[-1]}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        sitk.WriteImage(image, str(path), useCompression=True)
+    except RuntimeError as exc:
+        raise OutputError(f"Could not write {target or path}: {str(exc).strip().splitlines()[-1]}") from exc
+
+
+def write_labelmap(labels: np.ndarray, geometry: Geometry, path: os.PathLike, *, fmt: Optional[str] = None,
+                   overwrite: bool = False) -> Path:
+    """Write a 0/1/2 labelmap atomically (:class:`.outputs.OutputSet`: checked first, then a temporary
+    file in the same folder, renamed into place); see :func:`save_labelmap` for ``seg.nrrd``."""
+    path = Path(path)
+    fmt = labelmap_format(path, fmt)
+    if fmt == "dcm":  # a SEG references its source images, which a labelmap alone does not know
+        raise OutputError("DICOM SEG output needs the source DICOM series: use "
+                          "LungSegLib.core.dicomseg.write_dicom_seg (or LungSegmenter.segment_file with a "
+                          "DICOM folder as input).")
+    with OutputSet(None, {"output": (path, fmt)}, overwrite=overwrite) as outputs:
+        save_labelmap(labels, geometry, outputs.temp("output"), fmt, target=path)
+        outputs.commit()
     return path
