@@ -45,6 +45,7 @@ for _root in _moduleRoots():
         break
 
 import LungSegLogicLib  # noqa: E402  (needs the path above)
+from LungSegLogicLib.dicomseg_export import exportDicomSeg, isFromDicom  # noqa: E402
 from LungSegLib import defaults  # noqa: E402
 from LungSegLib.errors import LungSegError  # noqa: E402
 
@@ -144,6 +145,7 @@ class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
         self.ui.show3DCheckBox.connect("toggled(bool)", self.onShow3DToggled)
         self._setStatus(_("Select a CT volume and click Apply."))
         self.initializeParameterNode()
@@ -203,6 +205,8 @@ class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                            else _("Select an input CT volume."))
         for widget in (self.ui.inputSelector, self.ui.outputSelector, self.ui.advancedCollapsibleButton):
             widget.enabled = not running
+        fromDicom = bool(self._parameterNode and isFromDicom(self._parameterNode.inputVolume))
+        self.ui.exportDicomSegButton.enabled = fromDicom and not running and self._segmentationToExport() is not None
 
     def _setStatus(self, text: str, done: int = 0, total: int = 0) -> None:
         self.ui.statusLabel.text = text
@@ -236,6 +240,25 @@ class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setStatus(_("Starting…"))
             self._timer.start()
         self._updateButtons()
+
+    def _segmentationToExport(self):
+        """The segmentation with the lung segments: the selected output, else the last run's result."""
+        node = self._parameterNode.outputSegmentation if self._parameterNode else None
+        if node is None and self.logic.lastOutcome is not None:
+            node = self.logic.lastOutcome.segmentationNode
+        if node is None or slicer.mrmlScene.GetNodeByID(node.GetID()) is None:
+            return None
+        return node if self.logic.lungSegmentIds(node) else None
+
+    def onExportDicomSeg(self) -> None:
+        """Write the lung segments as a DICOM SEG beside the study's files (export worker process) and
+        add it to the DICOM database."""
+        volume, segmentation = self._parameterNode.inputVolume, self._segmentationToExport()
+        with slicer.util.tryWithErrorDisplay(_("Could not export the DICOM SEG."), waitCursor=True):
+            path = exportDicomSeg(self.logic, segmentation, volume, addToDatabase=True,
+                                  modelName=(self.logic.lastOutcome.modelName if self.logic.lastOutcome
+                                             else "") or "LungSeg")
+            self._setStatus(_("DICOM SEG written and added to the DICOM database: {path}").format(path=path))
 
     def onProgress(self, done: int, total: int, status: str) -> None:
         self._setStatus(status, done, total)

@@ -27,6 +27,7 @@ WIDGET_CLASSES = {
     "show3DCheckBox": "QCheckBox",       # toggled(bool)
     "progressBar": "QProgressBar",       # maximum, value
     "statusLabel": "QLabel",             # text
+    "exportDicomSegButton": "QPushButton",  # clicked(bool), enabled for CTs loaded from DICOM
 }
 #: Widgets the parameterNodeWrapper can connect to each parameter type (Slicer's guiConnectors).
 CONNECTABLE = {
