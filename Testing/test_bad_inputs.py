@@ -199,6 +199,78 @@ def _corrupt_but_consistent(model: Path) -> None:
     model.with_suffix(".json").write_text(json.dumps(card))
 
 
+def _compressed(name: str, damage: Callable[[bytes, int], bytes]) -> Callable[[Ctx], Path]:
+    """A compressed CT file (gzip .nii.gz / gzip NRRD, zlib .mha) whose stream ``damage(data, start)``
+    spoils; ITK alone would read it as noise."""
+    def build(ctx: Ctx) -> Path:
+        path = ctx.tmp / name
+        image = sitk.GetImageFromArray(chest_hu())
+        image.SetSpacing((3.0, 3.0, 3.0))
+        sitk.WriteImage(image, str(path), True)
+        data = path.read_bytes()
+        start = 0
+        if name.endswith(".nrrd"):
+            start = data.index(b"\n\n") + 2
+        elif name.endswith(".mha"):
+            start = data.index(b"\n", data.index(b"ElementDataFile")) + 1
+        path.write_bytes(damage(data, start))
+        return path
+    return build
+
+
+def _flip_mid_stream(data: bytes, start: int) -> bytes:
+    out = bytearray(data)
+    out[start + (len(data) - start) // 2] ^= 0x5A
+    return bytes(out)
+
+
+def _cut_to_two_thirds(data: bytes, start: int) -> bytes:
+    return data[:start + (len(data) - start) * 2 // 3]
+
+
+def _detached_gzip_nrrd(ctx: Ctx) -> Path:
+    """ct.nhdr + a damaged detached ct.raw.gz."""
+    attached = _compressed("attached.nrrd", lambda data, start: data)(ctx)
+    data = attached.read_bytes()
+    attached.unlink()
+    start = data.index(b"\n\n") + 2
+    (ctx.tmp / "ct.raw.gz").write_bytes(_flip_mid_stream(data[start:], 0))
+    (ctx.tmp / "ct.nhdr").write_bytes(data[:start].rstrip(b"\n") + b"\ndata file: ct.raw.gz\n")
+    return ctx.tmp / "ct.nhdr"
+
+
+def _float_ct(fill: Callable[[np.ndarray], None], name: str = "f.nrrd") -> Callable[[Ctx], Path]:
+    def build(ctx: Ctx) -> Path:
+        array = chest_hu().astype(np.float32)
+        fill(array)
+        return write_ct(ctx.tmp / name, array)
+    return build
+
+
+def _raw_with_padding(ctx: Ctx) -> Path:
+    """Raw stored values (HU + 1024, no rescale intercept) with -2000 padding outside a scan circle:
+    the padding used to pass for air."""
+    raw = chest_hu().astype(np.int16) + 1024
+    rows, cols = np.indices(raw.shape[1:])
+    raw[:, np.hypot(rows - 31.5, cols - 31.5) > 30] = -2000
+    return write_ct(ctx.tmp / "raw.nrrd", raw)
+
+
+def _sheared(ctx: Ctx) -> Path:
+    image = sitk.GetImageFromArray(chest_hu())
+    image.SetSpacing((3.0, 3.0, 3.0))
+    c, s = np.cos(np.radians(15)), np.sin(np.radians(15))
+    image.SetDirection((1.0, s, 0.0, 0.0, c, 0.0, 0.0, 0.0, 1.0))  # the j axis leans 15 degrees towards i
+    sitk.WriteImage(image, str(ctx.tmp / "sheared.nrrd"))
+    return ctx.tmp / "sheared.nrrd"
+
+
+def _thick_slices_with_oracle(ctx: Ctx) -> Dict[str, object]:
+    """8 mm slices (a ``thick_slices`` warning) and the oracle model: --strict must refuse to write."""
+    return {"input": write_ct(ctx.tmp / "thick.nrrd", chest_hu(), spacing=(3.0, 3.0, 8.0)),
+            "output": ctx.tmp / "lungs.nrrd", "model": ctx.oracle_copy()}
+
+
 # --- the table -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Case:
@@ -256,6 +328,39 @@ CASES: List[Case] = [
          r"not evenly spaced.*gap"),
     Case("DICOM series with a repeated slice", lambda ctx: _dicom(ctx, [0, 3, 6, 6, 9, 12]), IN_OUT, 3,
          r"not evenly spaced.*(overlapping|repeated)"),
+    # --- damaged compressed data, non-finite voxels, padding, spacing, shear (exit 3); --strict (exit 7) -------
+    Case(".nii.gz with a byte flipped mid-stream", _input(_compressed("ct.nii.gz", _flip_mid_stream)), IN_OUT, 3,
+         r"ct\.nii\.gz is damaged: .*(checksum|corrupt)"),
+    Case("truncated .nii.gz", _input(_compressed("ct.nii.gz", _cut_to_two_thirds)), IN_OUT, 3,
+         r"ct\.nii\.gz is damaged: the gzip stream ends early \(truncated"),
+    Case("gzip NRRD with a byte flipped", _input(_compressed("ct.nrrd", _flip_mid_stream)), IN_OUT, 3,
+         r"ct\.nrrd is damaged: .*(checksum|corrupt)"),
+    Case("gzip NRRD with a damaged detached data file", _input(_detached_gzip_nrrd), IN_OUT, 3,
+         r"ct\.nhdr \(data file ct\.raw\.gz\) is damaged"),
+    Case("compressed MetaImage truncated", _input(_compressed("ct.mha", _cut_to_two_thirds)), IN_OUT, 3,
+         r"ct\.mha is damaged: the zlib stream ends early"),
+    Case("compressed MetaImage with a byte flipped", _input(_compressed("ct.mha", _flip_mid_stream)), IN_OUT, 3,
+         r"ct\.mha is damaged: .*(checksum|corrupt)"),
+    Case("all voxels NaN", _input(_float_ct(lambda a: a.fill(np.nan))), IN_OUT, 3,
+         r"Every voxel of the image is NaN or infinite"),
+    Case("all voxels +Inf", _input(_float_ct(lambda a: a.fill(np.inf))), IN_OUT, 3,
+         r"Every voxel of the image is NaN or infinite"),
+    Case("raw stored values with -2000 padding", _input(_raw_with_padding), IN_OUT, 3,
+         r"no air inside its field of view.*ignoring .*padding at -2000"),
+    Case("only padding values", _input(lambda ctx: write_ct(ctx.tmp / "pad.nrrd",
+                                                            np.where(chest_hu() > 0, -2000, -3024).astype(np.int16))),
+         IN_OUT, 3, r"only padding values"),
+    Case("pixel spacing 10 mm", _input(lambda ctx: write_ct(ctx.tmp / "ct.nrrd", chest_hu(), spacing=(10.0, 10.0, 3.0))),
+         IN_OUT, 3, r"pixel spacing of 10 x 10 mm, outside the 0\.3-6 mm"),
+    Case("pixel spacing 0.1 mm", _input(lambda ctx: write_ct(ctx.tmp / "ct.nrrd", chest_hu(), spacing=(0.1, 0.1, 1.0))),
+         IN_OUT, 3, r"pixel spacing of 0\.1 x 0\.1 mm, outside the 0\.3-6 mm"),
+    Case("slice spacing 15 mm", _input(lambda ctx: write_ct(ctx.tmp / "ct.nrrd", chest_hu(), spacing=(3.0, 3.0, 15.0))),
+         IN_OUT, 3, r"slice spacing of 15 mm, outside the 0\.3-10 mm"),
+    Case("sheared (non-orthogonal) direction", _input(_sheared), IN_OUT, 3,
+         r"non-orthogonal direction matrix.*sheared by 15\.0 degrees"),
+    Case("--strict and a warning (8 mm slices)", _thick_slices_with_oracle,
+         IN_OUT + ("--model", "{model}", "--strict"), 7, r"--strict.*thick_slices: Slices are 8 mm apart",
+         loads_model=True),
     # --- outputs that would lose data or be unreadable: exit 4 (2 for contradictory options) --------------
     Case("output is the input", _with_ct(), ("{input}", "{input}"), 4, r"would replace the input CT"),
     Case("output is the input, --overwrite", _with_ct(), ("{input}", "{input}", "--overwrite"), 4,
