@@ -6,6 +6,7 @@ is in ``LungSegLogicLib`` (MRML, no Qt) and the ``LungSegLib`` worker process (t
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Annotated, Optional
@@ -45,6 +46,10 @@ for _root in _moduleRoots():
         break
 
 import LungSegLogicLib  # noqa: E402  (needs the path above)
+import LungSegLogicLib.license  # noqa: E402
+import LungSegLogicLib.logic  # noqa: E402
+import LungSegLogicLib.messages  # noqa: E402
+import LungSegLogicLib.review  # noqa: E402
 from LungSegLogicLib.dicomseg_export import exportDicomSeg, isFromDicom  # noqa: E402
 from LungSegLib import defaults  # noqa: E402
 from LungSegLib.errors import LungSegError  # noqa: E402
@@ -75,11 +80,47 @@ Segments the right and the left lung in a chest CT with a 2-D U-Net run slice by
 with the segments "Right lung" and "Left lung". The network runs in a separate process: the
 application stays responsive and <b>Cancel</b> stops it at once.
 The first Apply offers to install TensorFlow (once, about 600 MB).
-""")
+<p><b>Licence of the model weights: non-commercial use only.</b> The bundled network was trained on three
+patients, two of them from NSCLC-Radiomics (CC BY-NC 3.0); the first Apply asks you to accept this once.
+The LungSeg code is Apache-2.0. See the <a href="{url}">model card</a>. Not a medical device.</p>
+<p>Try it without your own data: <b>Sample Data</b> module, category <b>LungSeg</b>.</p>
+""").format(url=LungSegLogicLib.license.MODEL_CARD_URL)
         self.parent.acknowledgementText = _("""
 The sample CT comes from The Cancer Imaging Archive's ACRIN-FLT-Breast collection (CC BY 3.0).
-""")
+The bundled model weights were trained on NSCLC-Radiomics (Aerts et al. 2014, CC BY-NC 3.0) and
+ACRIN-FLT-Breast CTs: they are for non-commercial use only (<a href="{url}">model card</a>).
+""").format(url=LungSegLogicLib.license.MODEL_CARD_URL)
         self.parent.icon = qt.QIcon(resourcePath("Icons/LungSeg.png"))
+        # The Sample Data module exists only once the application has started.
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Sample data
+#
+
+#: Name under which the bundled CT appears in the Sample Data module (category "LungSeg").
+SAMPLE_NAME = "LungSegChestCT"
+SAMPLE_FILE = "SampleData/ACRIN-FLT-Breast-001_chest.nrrd"
+
+
+def registerSampleData() -> None:
+    """Offer the bundled chest CT in the Sample Data module (a local file: no download)."""
+    import qt
+    import SampleData
+
+    path = resourcePath(SAMPLE_FILE)
+    if not os.path.isfile(path):
+        return
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="LungSeg",
+        sampleName=SAMPLE_NAME,
+        thumbnailFileName=resourcePath("Icons/LungSeg.png"),
+        uris=qt.QUrl.fromLocalFile(path).toString(),
+        fileNames=os.path.basename(path),
+        nodeNames=SAMPLE_NAME,
+        loadFileType="VolumeFile",
+    )
 
 
 #
@@ -98,6 +139,9 @@ class LungSegParameterNode:
     batchSize - slices per network call.
     exportLabelmap - also create a labelmap volume (0 background, 1 right, 2 left lung).
     show3D - show the segments in 3-D views.
+    allowNonHU - segment even a volume that does not look like CT in Hounsfield units.
+    review - also compute the network confidence, density measures and the slices to review.
+    flip - test-time flip (a second, mirrored network pass).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -107,6 +151,9 @@ class LungSegParameterNode:
     batchSize: Annotated[int, WithinRange(1, defaults.MAX_BATCH_SIZE)] = defaults.WORKER_BATCH_SIZE
     exportLabelmap: bool = False
     show3D: bool = True
+    allowNonHU: bool = False
+    review: bool = True
+    flip: bool = False
 
 
 #
@@ -147,6 +194,9 @@ class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
         self.ui.show3DCheckBox.connect("toggled(bool)", self.onShow3DToggled)
+        self.ui.reinstallButton.connect("clicked(bool)", self.onReinstallDependencies)
+        self._setupReview()
+        self._showVersions()
         self._setStatus(_("Select a CT volume and click Apply."))
         self.initializeParameterNode()
 
@@ -222,6 +272,8 @@ class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setStatus(_("Cancelled; nothing was changed."))
             return
         p = self._parameterNode
+        if not self.ensureModelLicenseAccepted():  # first: no 600 MB download for a declined licence
+            return
         if not self.ensureDependencies():
             return
         segmentation = p.outputSegmentation
@@ -236,7 +288,9 @@ class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.task = self.logic.startSegmentation(
                 p.inputVolume, segmentation, postprocess=p.postprocess, device=p.device,
                 progressCallback=self.onProgress, batchSize=p.batchSize, exportLabelmap=p.exportLabelmap,
-                show3D=p.show3D)
+                show3D=p.show3D, checkHU=not p.allowNonHU, acceptModelLicense=True,
+                review=p.review, flip=p.flip)
+            self.ui.logTextEdit.clear()
             self._setStatus(_("Starting…"))
             self._timer.start()
         self._updateButtons()
@@ -261,7 +315,13 @@ class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setStatus(_("DICOM SEG written and added to the DICOM database: {path}").format(path=path))
 
     def onProgress(self, done: int, total: int, status: str) -> None:
+        if status != self.ui.statusLabel.text:
+            self._log(status)
         self._setStatus(status, done, total)
+
+    def _log(self, text: str) -> None:
+        if text:
+            self.ui.logTextEdit.appendPlainText(text)
 
     def onTimer(self) -> None:
         task = self.task
@@ -271,10 +331,13 @@ class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             finished = task.poll()
         except LungSegError as exc:
+            self._drainLog(task)
             self._finish()
-            self._setStatus(_("Failed: {message}").format(message=exc))
+            message = LungSegLogicLib.messages.panelMessage(exc)
+            self._log(message)
+            self._setStatus(_("Failed: {message}").format(message=message))
             details = getattr(exc, "details", "")
-            slicer.util.errorDisplay(_("Lung segmentation failed:\n{message}").format(message=exc),
+            slicer.util.errorDisplay(_("Lung segmentation failed:\n{message}").format(message=message),
                                      **({"detailedText": details} if details else {}))
             return
         except Exception as exc:  # a bug: still tell the user, with the traceback
@@ -285,6 +348,7 @@ class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(_("Lung segmentation failed unexpectedly:\n{message}").format(message=exc),
                                      detailedText=traceback.format_exc())
             return
+        self._drainLog(task)
         if finished:
             self._finish()
             self.showOutcome(task.outcome)
@@ -298,6 +362,88 @@ class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if outcome.warnings:
             text += "\n" + "\n".join(_("Warning: {w}").format(w=w) for w in outcome.warnings)
         self._setStatus(text)
+        self.showReview(outcome)
+
+    # --- review aids (the logic is in LungSegLogicLib.review) -----------------------------------------
+    def _setupReview(self) -> None:
+        self._reviewWalker = LungSegLogicLib.review.ReviewWalker([])
+        self._reviewOutcome = None
+        self._measuresTable = None
+        table = self.ui.reviewTableWidget
+        table.setColumnCount(5)
+        table.setHorizontalHeaderLabels([_("#"), _("Slice"), _("Lung"), _("Reason"), _("Score")])
+        table.horizontalHeader().setStretchLastSection(True)
+        table.verticalHeader().setVisible(False)
+        table.connect("cellClicked(int,int)", self.onReviewRowClicked)
+        self.ui.nextReviewButton.connect("clicked(bool)", self.onNextReview)
+        self.ui.showConfidenceButton.connect("clicked(bool)", self.onShowConfidence)
+        self.ui.openSegmentEditorButton.connect("clicked(bool)", self.onOpenSegmentEditor)
+
+    def showReview(self, outcome) -> None:
+        """Fill the Review section from a finished run: measures table node, review list, buttons."""
+        import qt
+
+        review = LungSegLogicLib.review
+        self._reviewOutcome = outcome
+        self._reviewWalker = review.ReviewWalker(outcome.review)
+        scene = slicer.mrmlScene
+        if outcome.measures:
+            if self._measuresTable is None or scene.GetNodeByID(self._measuresTable.GetID()) is None:
+                self._measuresTable = None
+            self._measuresTable = review.measuresTableNode(
+                scene, outcome.measures, name=f"{outcome.segmentationNode.GetName()} measures",
+                tableNode=self._measuresTable, confidence=outcome.confidence)
+            self.logic.placeInStudyOf(self._measuresTable, self._parameterNode.inputVolume)
+            self.ui.measuresTableView.setMRMLTableNode(self._measuresTable)
+        rows = review.reviewRows(outcome.review)
+        table = self.ui.reviewTableWidget
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, text in enumerate(row):
+                table.setItem(r, c, qt.QTableWidgetItem(text))
+            table.item(r, 3).setToolTip(outcome.review[r].message)
+        self.ui.nextReviewButton.enabled = bool(rows)
+        self.ui.showConfidenceButton.enabled = bool(outcome.confidence)
+        self.ui.openSegmentEditorButton.enabled = True
+
+    def _jumpTo(self, item) -> None:
+        if item is None:
+            return
+        self.ui.reviewTableWidget.selectRow(self._reviewWalker.index)
+        LungSegLogicLib.review.jumpSlicesToReviewItem(slicer.mrmlScene, item, self._parameterNode.inputVolume)
+
+    def onReviewRowClicked(self, row: int, column: int) -> None:
+        self._jumpTo(self._reviewWalker.select(row))
+
+    def onNextReview(self) -> None:
+        self._jumpTo(self._reviewWalker.next())
+
+    def onShowConfidence(self) -> None:
+        outcome = self._reviewOutcome
+        if outcome is None or not outcome.confidence:
+            return
+        review = LungSegLogicLib.review
+        table = review.confidenceTableNode(slicer.mrmlScene, outcome.confidence,
+                                           name=f"{outcome.segmentationNode.GetName()} confidence")
+        chart = review.confidencePlotChartNode(slicer.mrmlScene, table)
+        slicer.modules.plots.logic().ShowChartInLayout(chart)
+
+    def onOpenSegmentEditor(self) -> None:
+        """Switch to the Segment Editor with this segmentation and its CT selected."""
+        segmentation = self._segmentationToExport()
+        volume = self._parameterNode.inputVolume if self._parameterNode else None
+        if segmentation is None:
+            return
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(segmentation)
+        if volume is not None:
+            # setSourceVolumeNode since Slicer 5.4 (setMasterVolumeNode before)
+            (getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode)(volume)
+
+    def _drainLog(self, task) -> None:
+        for line in task.process.new_log_lines():
+            self._log(line)
 
     def _finish(self) -> None:
         self._timer.stop()
@@ -314,7 +460,58 @@ class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if segmentation is not None and self.task is None:
             self.logic.setShow3D(segmentation, show)
 
+    # --- model licence ---------------------------------------------------------------------------------
+    def ensureModelLicenseAccepted(self) -> bool:
+        """Ask once (per licence text) before the first run of a model with a restricted licence; the
+        answer is kept in the application settings. True when accepted."""
+        import qt
+
+        from LungSegLogicLib.license import (MODEL_CARD_URL, SETTINGS_KEY, licenseFingerprint,
+                                             licenseNote)
+
+        note = licenseNote(self.logic.modelPath, LungSegLogicLib.logic.LIBRARY_ROOT)
+        if note is None:
+            return True
+        settings = qt.QSettings()
+        fingerprint = licenseFingerprint(note)
+        if settings.value(SETTINGS_KEY) == fingerprint:
+            return True
+        box = qt.QMessageBox(slicer.util.mainWindow())
+        box.setWindowTitle(_("LungSeg model licence"))
+        box.setIcon(qt.QMessageBox.Question)
+        box.setTextFormat(qt.Qt.RichText)
+        box.setText(_("<p>{note}</p><p>Use the bundled weights for research and other <b>non-commercial</b> "
+                      "purposes only. Details: <a href=\"{url}\">model card</a>.</p>"
+                      "<p>Do you accept these terms?</p>").format(note=note, url=MODEL_CARD_URL))
+        box.setStandardButtons(qt.QMessageBox.Yes | qt.QMessageBox.No)
+        box.setDefaultButton(qt.QMessageBox.No)
+        if box.exec_() != qt.QMessageBox.Yes:
+            self._setStatus(_("The model licence was not accepted; nothing was done."))
+            return False
+        settings.setValue(SETTINGS_KEY, fingerprint)
+        return True
+
     # --- dependencies ----------------------------------------------------------------------------------
+    def _showVersions(self) -> None:
+        from LungSegLogicLib.environment import versionsText
+
+        self.ui.versionsLabel.text = versionsText()
+
+    def onReinstallDependencies(self) -> None:
+        """Force-reinstall the packages of Resources/requirements.txt (e.g. after another extension
+        installed an incompatible TensorFlow or Keras)."""
+        from LungSegLogicLib.environment import platformRequirements
+
+        requirements = platformRequirements()
+        if not slicer.util.confirmOkCancelDisplay(
+                _("Reinstall these Python packages?\n\n{packages}\n\nThis downloads about 600 MB and takes a "
+                  "few minutes.").format(packages="\n".join(requirements)),
+                windowTitle=_("Reinstall LungSeg's dependencies?")):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Reinstalling the packages failed."), waitCursor=True):
+            slicer.util.pip_install(["--upgrade", "--force-reinstall"] + requirements)
+        self._showVersions()
+
     def ensureDependencies(self) -> bool:
         """Offer to install what Resources/requirements.txt lists and is missing; True when all is there."""
         missing = LungSegLogicLib.missing_requirements()
@@ -338,6 +535,7 @@ class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 ensure(missing, prompt_install=False, requester="LungSeg")
             else:
                 slicer.util.pip_install(missing)
+        self._showVersions()
         still = LungSegLogicLib.missing_requirements()
         if still:
             slicer.util.errorDisplay(_("These packages are still missing: {packages}. Restart Slicer and try "
@@ -373,9 +571,81 @@ class LungSegTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
+        self.test_sample_data_is_registered()
+        self.setUp()
         self.test_logic_segments_sample_ct()
         self.setUp()
         self.test_panel_apply()
+        self.setUp()
+        self.test_panel_cancel_stops_the_worker_at_once()
+        self.setUp()
+        self.test_non_hu_input_is_refused_in_panel_words()
+
+    def acceptLicenseInSettings(self):
+        """What the dialog stores on "Yes" (the dialog itself would block an unattended test)."""
+        import qt
+
+        from LungSegLogicLib.license import SETTINGS_KEY, licenseFingerprint, licenseNote
+
+        note = licenseNote(None, LungSegLogicLib.logic.LIBRARY_ROOT)
+        self.assertIsNotNone(note)
+        qt.QSettings().setValue(SETTINGS_KEY, licenseFingerprint(note))
+
+    def test_sample_data_is_registered(self):
+        import SampleData
+
+        self.delayDisplay("The bundled CT in the Sample Data module")
+        registerSampleData()  # what startupCompleted() did; registering twice is harmless
+        volume = SampleData.downloadSample(SAMPLE_NAME)
+        self.assertIsNotNone(volume)
+        self.assertEqual(volume.GetImageData().GetDimensions()[2], 48)
+        self.assertIn("LungSeg", slicer.modules.sampleDataSources)
+
+    def test_panel_cancel_stops_the_worker_at_once(self):
+        import time
+
+        self.delayDisplay("Cancel from the panel")
+        self.acceptLicenseInSettings()
+        volume = self.loadSampleCT()
+        nodes = slicer.mrmlScene.GetNumberOfNodes()
+        slicer.util.selectModule("LungSeg")
+        widget = slicer.util.getModuleWidget("LungSeg")
+        widget._parameterNode.inputVolume = volume
+        widget._parameterNode.outputSegmentation = None
+        widget._parameterNode.batchSize = 1
+        widget.onApplyButton()
+        task = widget.task
+        deadline = time.time() + 300
+        while task.done == 0 and widget.task is not None and time.time() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.02)
+        self.assertGreater(task.done, 0)
+        start = time.perf_counter()
+        widget.onApplyButton()  # the button reads Cancel now
+        cancelSeconds = time.perf_counter() - start
+        logging.info("LungSeg: Cancel returned after %.1f ms", 1000 * cancelSeconds)
+        self.assertIsNone(widget.task)
+        self.assertEqual(widget.ui.applyButton.text, "Apply")
+        self.assertTrue(task.waitStopped(10))
+        self.assertFalse(task.tempDir.exists())
+        self.assertIsNotNone(task.process.returncode)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodes)
+        widget._parameterNode.batchSize = 4
+
+    def test_non_hu_input_is_refused_in_panel_words(self):
+        self.delayDisplay("A volume that is not in HU")
+        volume = self.loadSampleCT()
+        array = slicer.util.arrayFromVolume(volume)
+        array += 1024  # raw stored values without the rescale intercept
+        slicer.util.arrayFromVolumeModified(volume)
+        logic = LungSegLogic()
+        with self.assertRaises(LungSegError) as info:
+            logic.segment(volume, acceptModelLicense=True)
+        message = LungSegLogicLib.messages.panelMessage(info.exception)
+        self.assertIn("Allow non-HU input", message)
+        self.assertNotIn("--", message)
+        segmentation = logic.segment(volume, acceptModelLicense=True, checkHU=False)
+        self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 2)
 
     def loadSampleCT(self):
         path = resourcePath("SampleData/ACRIN-FLT-Breast-001_chest.nrrd")
@@ -393,7 +663,9 @@ class LungSegTest(ScriptedLoadableModuleTest):
         before = slicer.util.arrayFromVolume(volume).copy()
         progress = []
         logic = LungSegLogic()
-        segmentation = logic.segment(volume, exportLabelmap=True,
+        with self.assertRaises(LungSegLogicLib.license.ModelLicenseNotAccepted):
+            logic.segment(volume)  # scripts must accept the licence explicitly
+        segmentation = logic.segment(volume, exportLabelmap=True, acceptModelLicense=True,
                                      progressCallback=lambda done, total, status: progress.append((done, total)))
         segments = segmentation.GetSegmentation()
         names = [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())]
@@ -418,6 +690,7 @@ class LungSegTest(ScriptedLoadableModuleTest):
         import time
 
         self.delayDisplay("Segmenting the sample CT through the panel")
+        self.acceptLicenseInSettings()
         volume = self.loadSampleCT()
         slicer.util.selectModule("LungSeg")
         widget = slicer.util.getModuleWidget("LungSeg")
@@ -435,5 +708,8 @@ class LungSegTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(segmentation)
         self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 2)
         self.assertEqual(widget.ui.applyButton.text, "Apply")
+        self.assertIn("Segmenting", widget.ui.logTextEdit.toPlainText())  # the log section was filled
+        self.assertIn("TensorFlow", widget.ui.versionsLabel.text)
+        self.assertNotIn("not installed", widget.ui.versionsLabel.text)
         self.delayDisplay("Panel test passed")
 

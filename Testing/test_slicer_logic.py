@@ -139,7 +139,7 @@ def test_segment_creates_lung_segmentation_on_the_volume_grid(mrml_app, ct_in_st
                                       expected == spec.value)
     voxel_ml = np.prod(volume.GetSpacing()) / 1000
     assert outcome.volumesMl["right lung"] == pytest.approx((expected == 1).sum() * voxel_ml)
-    assert outcome.modelName == "oracle" and not outcome.placeholderModel
+    assert outcome.modelName == "oracle"
     assert outcome.elapsedS >= sum(outcome.timingsS.values()) > 0
 
     # subject hierarchy: results sit in the volume's study; 3-D representation exists
@@ -185,6 +185,7 @@ def test_existing_segmentation_keeps_other_segments(mrml_app, ct_in_study, logic
     assert tumor_before.sum() == 200
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Registration")
     volume.SetAndObserveTransformNodeID(transform.GetID())
+    target.SetAndObserveTransformNodeID(transform.GetID())  # same frame (another one is refused)
     nodes_before = mrml_app.node_ids()
 
     task = logic.startSegmentation(volume, target, batchSize=4)
@@ -192,7 +193,7 @@ def test_existing_segmentation_keeps_other_segments(mrml_app, ct_in_study, logic
         time.sleep(0.05)
 
     assert mrml_app.node_ids() == nodes_before  # no new segmentation node
-    assert target.GetTransformNodeID() == transform.GetID()  # follows the volume's transform
+    assert target.GetTransformNodeID() == transform.GetID()  # not moved
     assert seg.GetNumberOfSegments() == 3
     assert task.outcome.segmentIds["Right lung"] == "old_right"  # replaced in place, ID kept
     np.testing.assert_array_equal(segment_mask(scene, target, "Tumor_id", volume), tumor_before)
@@ -267,7 +268,10 @@ labels[:, :, labels.shape[2] // 2:] = 2
 if "{shift}" == "yes":
     ijk_to_ras[0, 3] += 5.0
 write_volume(labels, ijk_to_ras, args["--output"])
-print(json.dumps({"event": "done", "output": args["--output"], "volumes_ml": {}, "timings_s": {}, "warnings": []}))
+warnings = [{"code": "lung_too_small", "message": "The left lung is only 3.0 mL.", "lung": "left"},
+            "an old worker's plain warning"]
+print(json.dumps({"event": "done", "output": args["--output"], "volumes_ml": {}, "timings_s": {},
+                  "warnings": warnings}))
 """
 
 
@@ -297,6 +301,10 @@ def test_a_failure_while_importing_the_result_leaves_no_new_node(mrml_app, ct_in
     monkeypatch.undo()
     segmentation = logic.segment(volume)  # the same stand-in worker, without the failure
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 2
+    # the worker's warnings reach the panel as named findings (str() is what the panel shows)
+    warnings = logic.lastOutcome.warnings
+    assert [(w.code, w.lung) for w in warnings] == [("lung_too_small", "left"), ("warning", None)]
+    assert [str(w) for w in warnings] == ["The left lung is only 3.0 mL.", "an old worker's plain warning"]
 
 
 def test_a_result_off_the_input_grid_is_refused(mrml_app, ct_in_study, logic, tmp_path):

@@ -27,7 +27,15 @@ WIDGET_CLASSES = {
     "show3DCheckBox": "QCheckBox",       # toggled(bool)
     "progressBar": "QProgressBar",       # maximum, value
     "statusLabel": "QLabel",             # text
+    "versionsLabel": "QLabel",           # text (TensorFlow/Keras versions)
+    "reinstallButton": "QPushButton",    # clicked(bool)
     "exportDicomSegButton": "QPushButton",  # clicked(bool), enabled for CTs loaded from DICOM
+    "logTextEdit": "QPlainTextEdit",     # appendPlainText, clear, toPlainText
+    "measuresTableView": "qMRMLTableView",      # setMRMLTableNode
+    "reviewTableWidget": "QTableWidget",        # rows of the review list, cellClicked(int,int)
+    "nextReviewButton": "QPushButton",          # clicked(bool)
+    "showConfidenceButton": "QPushButton",      # clicked(bool)
+    "openSegmentEditorButton": "QPushButton",   # clicked(bool)
 }
 #: Widgets the parameterNodeWrapper can connect to each parameter type (Slicer's guiConnectors).
 CONNECTABLE = {
@@ -218,8 +226,27 @@ def test_library_layout_matches_the_installed_layout(monkeypatch):
     monkeypatch.delenv("LUNGSEG_MODELS_DIR", raising=False)
     assert model.models_dir() == REPO / "Resources" / "Models"
     text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
-    assert "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/${file_dir}" in text
-    assert "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/${file}" in text
+    # copied beside LungSeg.py in the build tree's module folder, which the module macro installs whole
+    assert re.search(r"foreach\(file \$\{LUNGSEG_LIBRARY_SCRIPTS\} \$\{LUNGSEG_RESOURCES\}\)\s*configure_file\("
+                     r"\$\{LUNGSEG_SOURCE_ROOT\}/\$\{file\} \$\{CMAKE_BINARY_DIR\}/\$\{Slicer_QTSCRIPTEDMODULES_LIB_DIR\}"
+                     r"/\$\{file\} COPYONLY\)", text)
+
+
+def test_module_cmake_follows_the_scripted_module_template():
+    """What the ExtensionsIndex's "Package Python Extension" check needs (its stub ctkMacroCompilePythonScript
+    joins SCRIPTS to the module folder) and what keeps each file installed once: relative SCRIPTS and
+    RESOURCES inside the module folder, and no install() of files that the module macro's install of the
+    whole build module folder already covers."""
+    text = re.sub(r"#.*", "", (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8"))
+    lists = cmake_lists(MODULE_DIR / "CMakeLists.txt")
+    for file in lists["MODULE_PYTHON_SCRIPTS"] + lists.get("MODULE_PYTHON_RESOURCES", []):
+        assert not file.startswith(("/", "$", "..")) and (MODULE_DIR / file).is_file(), file
+    call = re.search(r"slicerMacroBuildScriptedModule\((.*?)\)\s*\n", text, re.S).group(1).split()
+    assert call[call.index("SCRIPTS") + 1] == "${MODULE_PYTHON_SCRIPTS}" and call[call.index("SCRIPTS") + 2] == "RESOURCES"
+    assert call[call.index("RESOURCES") + 1] == "${MODULE_PYTHON_RESOURCES}"
+    assert "install(" not in text  # the macro installs <build>/qt-scripted-modules/ once, as a directory
+    for file in lists["LUNGSEG_LIBRARY_SCRIPTS"] + lists["LUNGSEG_RESOURCES"]:
+        assert not file.startswith(("/", "$")) and not file.startswith("LungSeg/"), file
 
 
 def test_extension_cmake_metadata():
@@ -230,6 +257,11 @@ def test_extension_cmake_metadata():
         assert meta.get(key), key
     assert meta["EXTENSION_CATEGORY"] == "Segmentation" and meta["EXTENSION_DEPENDS"] == "NA"
     assert meta["EXTENSION_ICONURL"].endswith("Resources/Icons/LungSeg.png")
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        assert re.search(r"/SlicerLungSeg[/#]", meta[key]) and "/LungSeg/LungSeg" not in meta[key], key
+    # the weights' licence is disclosed in the Extensions Manager text
+    assert "non-commercial" in meta["EXTENSION_DESCRIPTION"] and "CC BY-NC 3.0" in meta["EXTENSION_DESCRIPTION"]
+    assert "MODEL_CARD.md" in meta["EXTENSION_DESCRIPTION"]
     for line in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})", "add_subdirectory(LungSeg)",
                  "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
         assert line in text
@@ -250,6 +282,8 @@ def test_extensions_index_entry_validates_against_the_schema_fields():
                         r"slicer-extension-catalog-entry-schema-v1\.0\.[0-9]+\.json#", entry["$schema"])
     assert entry["category"] == "Segmentation"
     assert isinstance(entry["scm_url"], str) and entry["scm_url"].startswith("https://")
+    # the index requires the repository name to start with "Slicer" (check_description_files.py)
+    assert re.fullmatch(r"https://github\.com/[\w.-]+/SlicerLungSeg\.git", entry["scm_url"])
     assert isinstance(entry.get("scm_revision", ""), str)
     assert entry.get("scm_type", "git") in ("git", "local")
     assert all(isinstance(d, str) for d in entry.get("build_dependencies", []))
@@ -301,6 +335,16 @@ def test_ci_workflow_runs_the_module_test_in_real_slicer():
     assert "uses: actions/checkout@" in text and "download.slicer.org" in text
     assert "PythonSlicer -m pip install -r Resources/requirements.txt" in text
     assert "xvfb-run" in text and "--testing" in text
+    # Slicer builds its QApplication before it parses --version: every start of the application needs a display
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if re.search(r"\./slicer/Slicer\s", line)]
+    assert starts
+    for i in starts:
+        assert "xvfb-run" in lines[i] or (lines[i - 1].rstrip().endswith("\\") and "xvfb-run" in lines[i - 1]), lines[i]
+    versions = re.findall(r"^\s+- \{ name: \"([^\"]+)\"", text, re.M)
+    assert versions[:1] == ["5.8"] and "stable" in versions, versions
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "Tested in 3D Slicer 5.8" in readme and "3d-slicer-extension" in readme
     assert '--additional-module-paths "$GITHUB_WORKSPACE/LungSeg"' in text
     assert "slicer.testing.runUnitTest(['$GITHUB_WORKSPACE/LungSeg'], 'LungSeg')" in text
     assert "\t" not in text  # YAML forbids tabs

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 import LungSegLib
+from LungSegLib.core.checks import Finding
 from LungSegLib.defaults import WORKER_BATCH_SIZE
 from LungSegLib.errors import Cancelled, InputError, LungSegError
 from LungSegLib.labels import LUNG_LABELS, SEGMENT_NAMES
@@ -122,10 +123,17 @@ class SegmentationOutcome:
     labelmapNode: Any = None
     volumesMl: Dict[str, float] = field(default_factory=dict)
     timingsS: Dict[str, float] = field(default_factory=dict)
-    warnings: List[str] = field(default_factory=list)
+    #: named warnings (:class:`LungSegLib.core.checks.Finding`: ``code``, ``message``, ``lung``;
+    #: ``str(w)`` is the message)
+    warnings: List[Finding] = field(default_factory=list)
     modelName: str = ""
-    placeholderModel: bool = False
     elapsedS: float = 0.0
+    #: review aids from the worker (``review=True``): the ``done`` event's ``measures`` dict
+    #: (:meth:`LungMeasures.to_dict`), ``confidence`` dict and the ranked review list
+    #: (:class:`LungSegLib.core.review.ReviewItem`); see :mod:`LungSegLogicLib.review`
+    measures: Optional[Dict[str, Any]] = None
+    confidence: Optional[Dict[str, Any]] = None
+    review: List[Any] = field(default_factory=list)
 
 
 class SegmentationTask:
@@ -156,8 +164,10 @@ class SegmentationTask:
             self.inputShape = volume_array(volumeNode).shape
             inputPath = write_volume(volume_array(volumeNode), self.inputIJKToRAS, self.tempDir / "input.nrrd")
             self._outputPath = self.tempDir / "lungs.nrrd"
+            # --watch-stdin: the worker stops when the pipe this process holds closes (Cancel, or this
+            # application ending in any way); --cleanup-dir: it then removes this folder itself.
             argv = worker_command(logic.pythonExecutable or python_executable(), inputPath, self._outputPath,
-                                  **workerOptions)
+                                  watch_stdin=True, cleanup_dir=self.tempDir, **workerOptions)
             self.process = WorkerProcess(argv, env=logic.workerEnvironment(), cwd=str(self.tempDir))
         except BaseException:
             self._cleanup()
@@ -218,24 +228,32 @@ class SegmentationTask:
                            "(out of memory, or a crash in TensorFlow?). See the details.", 1, details)
 
     def cancel(self) -> None:
-        """Stop the worker now (within about a second); the scene is left as it was."""
+        """Stop the worker and return at once (a GUI thread is never blocked): the worker tree is told
+        to stop now and killed after a short grace period, and the temporary folder is removed, on a
+        background thread. The scene is left as it was."""
         if not self.running:
             return
         self.cancelled = True
-        self.process.stop()
         self.status = "Cancelled"
-        self._cleanup()
+        self.process.cancel(then=self._cleanup)
+
+    def waitStopped(self, timeout: Optional[float] = None) -> bool:
+        """After :meth:`cancel`: wait until the worker tree has ended and the temporary folder is gone."""
+        return self.process.wait_stopped(timeout)
 
     def wait(self, cancelEvent=None, pollInterval: float = 0.1) -> SegmentationOutcome:
         """Poll until the run is over; ``cancelEvent`` (a ``threading.Event`` or a callable) cancels it
-        and raises :class:`Cancelled`."""
+        and raises :class:`Cancelled` once the worker is gone and its files are removed."""
         while not self.poll():
             if cancelEvent is not None and (cancelEvent.is_set() if hasattr(cancelEvent, "is_set")
                                             else cancelEvent()):
                 self.cancel()
+                self.waitStopped(30.0)
                 raise Cancelled("Segmentation cancelled; the scene was not changed.")
             time.sleep(pollInterval)
         if self.outcome is None:
+            if self.cancelled:
+                self.waitStopped(30.0)
             raise Cancelled("Segmentation cancelled; the scene was not changed.")
         return self.outcome
 
@@ -256,7 +274,8 @@ class LungSegLogic:
     Attributes:
         scene: the MRML scene to work in (default: ``slicer.mrmlScene``).
         pythonExecutable: the Python that runs the worker (default: PythonSlicer / this interpreter).
-        modelPath: a ``.keras`` model with its card (default: the bundled model).
+        modelPath: a model (exported ``.npz`` weights or ``.keras``) with its card (default: the bundled
+            model).
         threads: CPU threads for the worker (default: all cores).
     """
 
@@ -287,20 +306,29 @@ class LungSegLogic:
 
     def startSegmentation(self, volumeNode, segmentationNode=None, postprocess: bool = True, device: str = "auto",
                           progressCallback: Optional[ProgressCallback] = None, batchSize: int = WORKER_BATCH_SIZE,
-                          exportLabelmap: bool = False, show3D: bool = False) -> SegmentationTask:
+                          exportLabelmap: bool = False, show3D: bool = False, checkHU: bool = True,
+                          acceptModelLicense: bool = False, review: bool = False,
+                          flip: bool = False) -> SegmentationTask:
         """Start segmenting ``volumeNode`` and return at once; call ``task.poll()`` (e.g. from a timer)
         until it returns True, or ``task.wait()``. Arguments as for :meth:`segment`."""
+        from .license import requireAccepted
+
         self.validateInput(volumeNode)
         if segmentationNode is not None and not segmentationNode.IsA("vtkMRMLSegmentationNode"):
             raise InputError(f"{segmentationNode.GetName()} is not a segmentation node.")
+        if segmentationNode is not None:
+            self.checkSameFrame(volumeNode, segmentationNode)
+        requireAccepted(self.modelPath, LIBRARY_ROOT, acceptModelLicense)
         options = dict(model=self.modelPath, batch_size=batchSize, threads=self.threads, device=device,
-                       postprocess=postprocess)
+                       postprocess=postprocess, check_hu=checkHU, review=review, flip=flip)
         return SegmentationTask(self, volumeNode, segmentationNode, exportLabelmap, show3D, progressCallback,
                                 options)
 
     def segment(self, volumeNode, segmentationNode=None, postprocess: bool = True, device: str = "auto",
                 progressCallback: Optional[ProgressCallback] = None, cancelEvent=None,
-                batchSize: int = WORKER_BATCH_SIZE, exportLabelmap: bool = False, show3D: bool = False):
+                batchSize: int = WORKER_BATCH_SIZE, exportLabelmap: bool = False, show3D: bool = False,
+                checkHU: bool = True, acceptModelLicense: bool = False, review: bool = False,
+                flip: bool = False):
         """Segment the lungs of a CT volume node and wait for the result.
 
         Args:
@@ -315,6 +343,15 @@ class LungSegLogic:
             batchSize: slices per network call.
             exportLabelmap: also create a labelmap volume node (0 background, 1 right, 2 left lung).
             show3D: also create the closed-surface representation (3-D display).
+            checkHU: refuse a volume that does not look like CT in Hounsfield units (False: segment it
+                anyway, e.g. a CT whose values are known to be HU but unusual).
+            acceptModelLicense: accept the model's licence restriction (the bundled weights are for
+                non-commercial use: see :data:`LungSegLogicLib.license.MODEL_LICENSE_SUMMARY`); a
+                model whose card states one is refused without it.
+            review: also get the network confidence, density measures and the "review these slices"
+                list (in :attr:`lastOutcome`; :mod:`LungSegLogicLib.review` turns them into a table node
+                and slice jumps).
+            flip: test-time flip (a second, mirrored network pass).
 
         Returns:
             The segmentation node; details of the run are in :attr:`lastOutcome`.
@@ -325,9 +362,27 @@ class LungSegLogic:
         """
         task = self.startSegmentation(volumeNode, segmentationNode, postprocess=postprocess, device=device,
                                       progressCallback=progressCallback, batchSize=batchSize,
-                                      exportLabelmap=exportLabelmap, show3D=show3D)
+                                      exportLabelmap=exportLabelmap, show3D=show3D, checkHU=checkHU,
+                                      acceptModelLicense=acceptModelLicense, review=review, flip=flip)
         self.lastOutcome = task.wait(cancelEvent)
         return self.lastOutcome.segmentationNode
+
+    @staticmethod
+    def checkSameFrame(volumeNode, segmentationNode) -> None:
+        """Refuse an existing output segmentation under another parent transform than the CT: the lungs
+        would land in the wrong place, and moving the node would move the user's other segments."""
+        volumeTransform = volumeNode.GetTransformNodeID() or None
+        segmentationTransform = segmentationNode.GetTransformNodeID() or None
+        if volumeTransform != segmentationTransform:
+            def name(nodeId):
+                node = volumeNode.GetScene().GetNodeByID(nodeId) if nodeId and volumeNode.GetScene() else None
+                return f'the transform "{node.GetName()}"' if node is not None else "no transform"
+
+            raise InputError(
+                f'The output segmentation "{segmentationNode.GetName()}" is under {name(segmentationTransform)} '
+                f'but the CT "{volumeNode.GetName()}" is under {name(volumeTransform)}. LungSeg does not move '
+                "an existing segmentation. Choose \"Create new segmentation\" as output, or put both under the "
+                "same transform (Transforms or Data module) and try again.")
 
     @staticmethod
     def validateInput(volumeNode) -> None:
@@ -378,7 +433,10 @@ class LungSegLogic:
         labelmapNode = None
         try:
             segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-            segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+            if created:  # a new node follows the CT; an existing one is never moved (checkSameFrame)
+                segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+            else:
+                self.checkSameFrame(volumeNode, segmentationNode)  # the user may have changed it meanwhile
             segmentIds = self._replaceLungSegments(segmentationNode, labelmap)
             self.placeInStudyOf(segmentationNode, volumeNode)
             if task.show3D:
@@ -394,9 +452,15 @@ class LungSegLogic:
         done = task.doneEvent or {}
         outcome = SegmentationOutcome(segmentationNode, segmentIds, labelmapNode,
                                       dict(done.get("volumes_ml", {})), dict(done.get("timings_s", {})),
-                                      list(done.get("warnings", [])), str(task.modelEvent.get("name", "")),
-                                      bool(task.modelEvent.get("placeholder", False)),
+                                      [Finding.from_dict(w) for w in done.get("warnings", [])],
+                                      str(task.modelEvent.get("name", "")),
                                       time.perf_counter() - task.startTime)
+        if "measures" in done or "review" in done:
+            from .review import reviewItemsFromEvent
+
+            outcome.measures = done.get("measures")
+            outcome.confidence = done.get("confidence")
+            outcome.review = reviewItemsFromEvent(done)
         for warning in outcome.warnings:
             logging.warning("LungSeg: %s", warning)
         return outcome

@@ -6,21 +6,23 @@ drive LungSeg from another program can use the same protocol::
 
     python -m LungSegLib.worker --input ct.nrrd --output lungs.nrrd [--model M] [--batch-size N]
                                 [--threads N] [--device auto|cpu|gpu] [--no-postprocess]
-                                [--no-hu-check] [--overwrite]
+                                [--no-hu-check] [--overwrite] [--watch-stdin] [--cleanup-dir DIR]
 
 Every line on stdout is one JSON object with an ``"event"`` key (nothing else is ever written to
 stdout; library and TensorFlow messages go to stderr):
 
 * ``{"event": "started", "pid": ..., "version": ...}`` as soon as the arguments are accepted;
 * ``{"event": "status", "message": "..."}`` before each stage (loading the model, post-processing);
-* ``{"event": "model", "name": ..., "placeholder": bool, "device": "cpu"|"gpu"}`` once the model is loaded;
+* ``{"event": "model", "name": ..., "device": "cpu"|"gpu"}`` once the model is loaded;
 * ``{"event": "progress", "done": n, "total": N}`` after every batch of slices (``done`` grows to ``total``);
 * ``{"event": "done", "output": path, "volumes_ml": {...}, "timings_s": {...}, "warnings": [...]}``
-  after the output file is complete;
+  after the output file is complete; each warning is ``{"code": ..., "message": ..., "lung": ...}``
+  (a named finding, :class:`LungSegLib.core.checks.Finding`; ``lung`` is "right"/"left" or null);
 * ``{"event": "error", "type": "InputError", "message": "...", "exit_code": 3}`` before a failure exit.
 
 The output is written atomically only after the whole volume is done, so an error, a cancel
-(SIGTERM / SIGINT) or a kill leaves no output file. The helpers :func:`write_volume` and
+(SIGTERM / SIGINT, or stdin closing with ``--watch-stdin``: see :mod:`.guard`) or a kill leaves no
+output file; a cancel stops the worker at once, whatever stage it is in, with exit code 130. The helpers :func:`write_volume` and
 :func:`read_labelmap` are the file side of the protocol for callers that hold arrays (Slicer's logic).
 """
 from __future__ import annotations
@@ -37,28 +39,25 @@ from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import __version__
-from ..errors import Cancelled, InputError, LungSegError, ModelError, OutputError
+from .. import defaults
+from ..errors import Cancelled, InputError, LungSegError, ModelError, OutputError, exit_codes_help, exit_meanings
 from ..core.atomic import atomic_path
 from ..core.geometry import Geometry
 
-EXIT_CODES = """exit codes:
-  0    success: the output file is complete
-  1    unexpected internal error (the "error" event and stderr say what)
-  2    wrong command-line usage
-  3    bad input (unreadable, not a 3-D CT, not in HU, ...)
-  4    output problem (exists without --overwrite, unknown format, cannot write)
-  5    model problem (missing, checksum mismatch, incompatible)
-  6    a required Python package (TensorFlow) is missing or cannot be imported
-  130  cancelled (SIGTERM or SIGINT); nothing was written
-"""
-
-DEVICES = ("auto", "cpu", "gpu")
+DEVICES = defaults.DEVICES
 
 
 class DependencyError(LungSegError):
     """A package the worker needs (TensorFlow, Keras) is not installed or fails to import."""
 
     exit_code = 6
+    meaning = "a required Python package (TensorFlow) is missing or cannot be imported"
+
+
+EXIT_CODES = exit_codes_help(exit_meanings(
+    (InputError, OutputError, ModelError, DependencyError, Cancelled),
+    notes={0: "the output file is complete", LungSegError.exit_code: 'the "error" event and stderr say what',
+           Cancelled.exit_code: "SIGTERM, SIGINT, or stdin closed with --watch-stdin"}))
 
 
 #: Error types the worker reports by name, so a caller can raise the same class again.
@@ -86,6 +85,9 @@ def error_from_event(event: Dict[str, Any], details: str = "") -> LungSegError:
     else:
         exc = cls(message)
         exc.details = details  # type: ignore[attr-defined]
+    # an error kind and the message without command-line advice, where the worker gave them
+    exc.code = event.get("code")  # type: ignore[attr-defined]
+    exc.reason = event.get("reason")  # type: ignore[attr-defined]
     return exc
 
 
@@ -99,9 +101,17 @@ def parse_event(line: str) -> Optional[Dict[str, Any]]:
 
 
 def worker_command(python: str, input_path: os.PathLike, output_path: os.PathLike, *,
-                   model: Optional[os.PathLike] = None, batch_size: int = 4, threads: Optional[int] = None,
-                   device: str = "auto", postprocess: bool = True, check_hu: bool = True) -> List[str]:
-    """The argv that runs the worker with the Python interpreter ``python``."""
+                   model: Optional[os.PathLike] = None, batch_size: int = defaults.WORKER_BATCH_SIZE,
+                   threads: Optional[int] = None,
+                   device: str = "auto", postprocess: bool = True, check_hu: bool = True,
+                   watch_stdin: bool = False, cleanup_dir: Optional[os.PathLike] = None,
+                   review: bool = False, flip: bool = False) -> List[str]:
+    """The argv that runs the worker with the Python interpreter ``python``.
+
+    ``watch_stdin``: the worker cancels itself when its stdin closes (the caller must pass a pipe and
+    keep it open while it wants the result). ``cleanup_dir``: a folder the worker removes when it is
+    cancelled or its caller goes away (the caller's temporary folder). ``review``: the ``done`` event
+    also carries the confidence, density measures and review list; ``flip``: test-time flip."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
     argv = [python, "-m", "LungSegLib.worker", "--input", str(input_path), "--output", str(output_path),
@@ -114,6 +124,14 @@ def worker_command(python: str, input_path: os.PathLike, output_path: os.PathLik
         argv.append("--no-postprocess")
     if not check_hu:
         argv.append("--no-hu-check")
+    if watch_stdin:
+        argv.append("--watch-stdin")
+    if cleanup_dir is not None:
+        argv += ["--cleanup-dir", str(cleanup_dir)]
+    if review:
+        argv.append("--review")
+    if flip:
+        argv.append("--flip")
     return argv
 
 

@@ -4,29 +4,52 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import threading
 from pathlib import Path
-from typing import IO, Any, List, Optional, Sequence
+from typing import IO, Any, Callable, List, Optional, Sequence
 
 from .. import __version__
-from ..errors import InputError, LungSegError
+from ..errors import Cancelled, InputError, LungSegError, OutputError
+from .guard import CANCELLED_EXIT, CancelGuard
+from ..defaults import WORKER_BATCH_SIZE
 from .protocol import DEVICES, EXIT_CODES, DependencyError
 
 class _Events:
     """Writes events to the real stdout; fd 1 itself is pointed at stderr so that stray prints from
-    TensorFlow or Keras (Python or C++) can never corrupt the JSON stream."""
+    TensorFlow or Keras (Python or C++) can never corrupt the JSON stream. Thread-safe (the cancel
+    threads report too); after :meth:`close` nothing more is written."""
 
     def __init__(self) -> None:
         sys.stdout.flush()
         self._stream: IO[str] = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
         os.dup2(2, 1)
         sys.stdout = sys.stderr
+        self._lock = threading.Lock()
+        self._closed = False
+        #: called when the reader is gone (broken pipe): the caller died, so the run is cancelled
+        self.on_reader_gone: Optional[Callable[[], None]] = None
 
     def emit(self, event: str, **fields: Any) -> None:
-        self._stream.write(json.dumps(dict(event=event, **fields)) + "\n")
-        self._stream.flush()
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._stream.write(json.dumps(dict(event=event, **fields)) + "\n")
+                self._stream.flush()
+            except (BrokenPipeError, OSError):
+                self._closed = True
+                gone = self.on_reader_gone
+            else:
+                return
+        if gone is not None:
+            gone()
+
+    def final(self, event: str, **fields: Any) -> None:
+        """The last event: written, then the stream is closed to every other thread."""
+        self.emit(event, **fields)
+        with self._lock:
+            self._closed = True
 
 
 def _select_device(device: str) -> None:
@@ -54,52 +77,124 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, help="CT image file or DICOM series folder")
     p.add_argument("--output", required=True, help="labelmap to write (.nrrd, .seg.nrrd, .nii.gz, .nii, .mha)")
-    p.add_argument("--model", help="a .keras model with its .json card (default: the bundled model)")
-    p.add_argument("--batch-size", type=int, default=4, help="slices per network call (default 4)")
+    p.add_argument("--model", help="exported weights (.npz) or a .keras model, with its .json card "
+                                   "(default: the bundled model)")
+    p.add_argument("--batch-size", type=int, default=WORKER_BATCH_SIZE,
+                   help=f"slices per network call (default {WORKER_BATCH_SIZE})")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="cpu hides GPUs; gpu warns and runs on the CPU when TensorFlow sees none")
     p.add_argument("--no-postprocess", action="store_true", help="keep the raw network output")
     p.add_argument("--no-hu-check", action="store_true", help="do not refuse non-HU intensities")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("--review", action="store_true",
+                   help="add the network confidence, density measures and the review list to the done event")
+    p.add_argument("--flip", action="store_true", help="test-time flip (second, mirrored network pass)")
+    p.add_argument("--watch-stdin", action="store_true",
+                   help="cancel as soon as stdin closes (the caller holds it open while it wants the result; "
+                        "this also stops the worker when the caller dies)")
+    p.add_argument("--cleanup-dir", metavar="DIR",
+                   help="a folder of the caller's to remove if the run is cancelled or the caller ends")
     return p
 
 
-def run(args: argparse.Namespace, events: _Events, cancel: threading.Event) -> int:
-    from ..core.writers import check_output_path
+class NotHounsfieldError(InputError):
+    """The input does not look like CT in Hounsfield units. ``reason`` says why, without the advice
+    (which depends on where the user is: a command line, a script or 3D Slicer's panel)."""
 
-    check_output_path(args.output, args.overwrite)  # fail fast, before TensorFlow loads
+    code = "not_hu"
+
+    def __init__(self, reason: str):
+        super().__init__(f"{reason} If you are sure it is CT in HU, rerun with --no-hu-check (check_hu=False).")
+        self.reason = reason
+
+
+def _check_hounsfield(volume) -> None:
+    from ..core.intensity import hounsfield_problem
+
+    problem = hounsfield_problem(volume)
+    if problem is not None:
+        raise NotHounsfieldError(problem)
+
+
+def run(args: argparse.Namespace, events: _Events, guard: CancelGuard) -> int:
+    import time
+
+    import SimpleITK as sitk
+
+    from ..core.geometry import Geometry
+    from ..core.imageio import read_ct
+    from ..core.writers import check_output_path, write_labelmap
+
+    output = Path(args.output)
+    check_output_path(output, args.overwrite)  # fail fast, before TensorFlow loads
     if not Path(args.input).exists():
         raise InputError(f"Input not found: {args.input}")
+    if output.resolve() == Path(args.input).resolve():
+        raise OutputError("The output would replace the input CT; choose another output file.")
+    if not output.parent.is_dir():  # never created here: a missing folder means the caller gave up
+        raise OutputError(f"The output folder {output.parent} does not exist; create it first.")
+    # Read and check the input before TensorFlow loads: a refusal comes in a second, not after the import.
+    t0 = time.perf_counter()
+    image = read_ct(args.input)
+    t_read = time.perf_counter() - t0
+    if not args.no_hu_check:
+        _check_hounsfield(sitk.GetArrayViewFromImage(image))
+    guard.check()
     _select_device(args.device)
     events.emit("status", message="Loading TensorFlow and the model")
     tf = _import_tensorflow()
-    warnings: List[str] = []
+    guard.check()
+    from ..core.checks import Finding
+
+    warnings: List[Finding] = []
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
     if args.device == "gpu" and not has_gpu:
-        warnings.append("No GPU is visible to TensorFlow; the segmentation ran on the CPU.")
+        warnings.append(Finding("no_gpu", "No GPU is visible to TensorFlow; the segmentation ran on the CPU."))
     from ..api import LungSegmenter
 
     segmenter = LungSegmenter(args.model, batch_size=args.batch_size, threads=args.threads,
-                              postprocess=not args.no_postprocess, check_hu=not args.no_hu_check)
+                              postprocess=not args.no_postprocess, check_hu=not args.no_hu_check,
+                              review=args.review, flip=args.flip)
     card = segmenter.model.card
-    events.emit("model", name=str(card.get("name", segmenter.model.path.name)),
-                placeholder=segmenter.model.is_placeholder, device="gpu" if has_gpu else "cpu")
-    if segmenter.model.is_placeholder:
-        warnings.append("The model is an untrained placeholder: the result is not a real segmentation.")
+    events.emit("model", name=str(card.get("name", segmenter.model.path.name)), device="gpu" if has_gpu else "cpu")
 
     def progress(done: int, total: int) -> None:
         events.emit("progress", done=int(done), total=int(total))
         if done >= total:
-            events.emit("status", message="Post-processing and writing the result")
+            events.emit("status", message="Post-processing")
 
     events.emit("status", message="Segmenting")
-    result = segmenter.segment_file(args.input, args.output, overwrite=args.overwrite, progress=progress,
-                                    cancel=cancel)
-    events.emit("done", output=str(args.output), volumes_ml=result.volumes_ml(),
-                timings_s={k: round(v, 4) for k, v in result.timings_s.items()},
-                warnings=warnings + list(result.warnings))
+    geometry = Geometry.from_sitk(image)
+    result = segmenter.segment_array(sitk.GetArrayViewFromImage(image), geometry, progress=progress,
+                                     cancel=guard.cancel)
+    guard.check()
+    events.emit("status", message="Writing the result")
+    t1 = time.perf_counter()
+    staging = guard.make_staging_dir(output)
+    try:
+        staged = write_labelmap(result.labels, geometry, staging / output.name)
+        result.timings_s["write"] = time.perf_counter() - t1
+        result.timings_s["read"] = t_read
+        guard.commit(staged, output, args.overwrite, then=lambda: events.final(
+            "done", output=str(args.output), volumes_ml=result.volumes_ml(),
+            timings_s={k: round(v, 4) for k, v in result.timings_s.items()},
+            warnings=[w.to_dict() for w in warnings + list(result.warnings)], **_review_fields(result)))
+    finally:
+        guard.discard(staging)
     return 0
+
+
+def _review_fields(result) -> dict:
+    """The review aids for the ``done`` event (JSON-ready), when they were computed: ``review`` (list of
+    :meth:`ReviewItem.to_dict`), ``measures`` (:meth:`LungMeasures.to_dict`), ``confidence``."""
+    out = {}
+    if result.measures is not None:
+        out["measures"] = result.measures.to_dict()
+    if result.confidence is not None:
+        out["confidence"] = result.confidence.to_dict()
+        out["review"] = [item.to_dict() for item in result.review]
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -107,22 +202,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.batch_size < 1:
         build_parser().error("--batch-size must be at least 1")
     events = _Events()
-    cancel = threading.Event()
-
-    def on_signal(signum, frame) -> None:  # the main thread sees it between batches
-        cancel.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    guard = CancelGuard(lambda message: events.final("error", type="Cancelled", message=message,
+                                                     exit_code=CANCELLED_EXIT),
+                        cleanup_dir=args.cleanup_dir)
+    events.on_reader_gone = lambda: guard.abort("The caller stopped reading; cancelled.")
+    guard.handle_signals()  # before any other thread starts: they inherit the blocked signals
+    if args.watch_stdin:
+        guard.watch_stdin()
     events.emit("started", pid=os.getpid(), version=__version__)
     try:
-        return run(args, events, cancel)
+        return run(args, events, guard)
+    except Cancelled:
+        guard.abort()
+        return CANCELLED_EXIT  # not reached: abort ends the process
     except LungSegError as exc:
-        events.emit("error", type=type(exc).__name__, message=str(exc), exit_code=exc.exit_code)
+        # code/reason: a stable error kind and the message without CLI advice, for callers that word
+        # the advice their own way (3D Slicer's panel)
+        extra = {k: getattr(exc, k) for k in ("code", "reason") if getattr(exc, k, None)}
+        name = "InputError" if isinstance(exc, NotHounsfieldError) else type(exc).__name__
+        events.final("error", type=name, message=str(exc), exit_code=exc.exit_code, **extra)
         return exc.exit_code
     except Exception as exc:  # report anything, then let the traceback reach stderr for the details
         import traceback
 
         traceback.print_exc()
-        events.emit("error", type=type(exc).__name__, message=str(exc) or repr(exc), exit_code=1)
+        events.final("error", type=type(exc).__name__, message=str(exc) or repr(exc), exit_code=1)
         return 1
