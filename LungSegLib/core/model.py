@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from ..defaults import GRID_PIXEL_MM, GRID_SIZE, HU_WINDOW
 from ..errors import ModelError
+from ..labels import BINARY_CLASS_NAMES, CLASS_NAMES, check_classes
 from .atomic import atomic_write_text
 from .preprocess import ModelGridSpec
 
@@ -22,7 +24,6 @@ from .preprocess import ModelGridSpec
 BUNDLED_MODEL = "lungseg_unet_3class.npz"
 #: Where a wheel (``pip install .``) puts the bundled model: package data inside ``LungSegLib``.
 PACKAGED_MODELS = "bundled_models"
-CLASSES_3 = ("background", "right lung", "left lung")
 
 
 def models_dir() -> Path:
@@ -63,11 +64,8 @@ class LoadedModel:
 
     @property
     def n_classes(self) -> int:
-        return len(self.classes) if len(self.classes) > 2 else 1
-
-    @property
-    def is_placeholder(self) -> bool:
-        return bool(self.card.get("placeholder", False))
+        """Output channels: 3 (background, right, left) or 1 for a binary lung model."""
+        return 1 if tuple(self.classes) == BINARY_CLASS_NAMES else len(self.classes)
 
 
 def read_card(model_path: Path) -> Dict[str, Any]:
@@ -82,9 +80,28 @@ def read_card(model_path: Path) -> Dict[str, Any]:
 
 
 def spec_from_card(card: Dict[str, Any]) -> ModelGridSpec:
+    """The model's input grid from its card's ``input`` section (:mod:`LungSegLib.defaults` where the
+    card does not say)."""
     grid = card.get("input", {})
-    return ModelGridSpec(size=int(grid.get("size", 256)), pixel_mm=float(grid.get("pixel_mm", 1.5)),
-                         hu_window=tuple(float(v) for v in grid.get("hu_window", (-1024.0, 600.0))))
+    return ModelGridSpec(size=int(grid.get("size", GRID_SIZE)), pixel_mm=float(grid.get("pixel_mm", GRID_PIXEL_MM)),
+                         hu_window=tuple(float(v) for v in grid.get("hu_window", HU_WINDOW)))
+
+
+def classes_from_card(card: Dict[str, Any], model_name: str, out_channels: int) -> Tuple[str, ...]:
+    """The card's ``classes`` (default: LungSeg's 3-class label set), checked against the label table
+    (:func:`LungSegLib.labels.check_classes`) and the network's ``out_channels``; :class:`ModelError`
+    saying which does not fit."""
+    classes = tuple(str(c).lower() for c in card.get("classes", CLASS_NAMES))
+    try:
+        check_classes(classes)
+    except ValueError as exc:
+        raise ModelError(f"{model_name}: {exc}. LungSeg can only use a model whose card names these "
+                         "classes in this order.") from None
+    expected = 1 if classes == BINARY_CLASS_NAMES else len(classes)
+    if out_channels != expected:
+        raise ModelError(f"{model_name} has {out_channels} output channels but its card lists the classes "
+                         f"{list(classes)}, which need {expected}: the card does not belong to this model.")
+    return classes
 
 
 def write_card(model_path: Path, card: Dict[str, Any]) -> Path:
@@ -148,10 +165,5 @@ def load_model(path: Optional[os.PathLike] = None, verify: bool = True) -> Loade
         keras_model = _weights_file_model(model_path, card)
     else:
         keras_model = _keras_file_model(model_path)
-    classes = tuple(card.get("classes", CLASSES_3))
-    out_channels = keras_model.output_shape[-1]
-    expected = len(classes) if len(classes) > 2 else 1
-    if out_channels != expected:
-        raise ModelError(f"{model_path.name} has {out_channels} output channels but its card lists "
-                         f"classes {classes}.")
+    classes = classes_from_card(card, model_path.name, int(keras_model.output_shape[-1]))
     return LoadedModel(keras_model, model_path, spec_from_card(card), classes, card)

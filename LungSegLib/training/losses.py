@@ -10,6 +10,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from ..labels import BINARY_CLASS_NAMES, CLASS_NAMES
+
 LOSSES = ("ce", "bce", "dice", "ce_dice")
 _EPS = 1e-6
 
@@ -51,8 +53,9 @@ class SegmentationLoss(keras.losses.Loss):
             raise ValueError(f"unknown loss {kind!r}; choose one of {LOSSES}")
         if kind == "bce" and n_classes != 1:
             raise ValueError("the 'bce' loss is for binary (one-class) models; use 'ce' for 3 classes")
-        if n_classes not in (1, 3):
-            raise ValueError(f"n_classes must be 1 (lung) or 3 (background/right/left), got {n_classes}")
+        if n_classes not in (1, len(CLASS_NAMES)):
+            raise ValueError(f"n_classes must be 1 ({BINARY_CLASS_NAMES[1]}) or {len(CLASS_NAMES)} "
+                             f"({'/'.join(CLASS_NAMES)}), got {n_classes}")
         super().__init__(name=name or f"{kind}_loss", **kwargs)
         self.kind, self.n_classes, self.smooth = kind, int(n_classes), float(smooth)
 

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import InputError, OutputError
 from ..core.atomic import atomic_path
 from ..core.geometry import Geometry
+from ..labels import LUNG_LABELS, by_side
 
 DEFAULT_RIGHT_NAMES = ("Lung R", "RT LUNG", "Lung_R", "Right Lung", "LUNG_RT", "R Lung", "Lung Right",
                        "Lung-R", "Lung_Right", "Right_Lung", "RLung")
@@ -33,6 +34,8 @@ DUPLICATE_IOU = 0.9
 #: A contour whose points lie more than this far (in slices) from one CT slice is not drawn.
 MAX_SLICE_OFFSET = 0.5
 CASE_FILES = ("ct.nrrd", "label.nrrd", "info.json")
+#: The patient sides a structure can be drawn for (the label table's lung labels, in label order).
+SIDES = tuple(label.side for label in LUNG_LABELS)
 
 
 def _norm(name: str) -> str:
@@ -263,7 +266,7 @@ def labels_from_structures(structures: Sequence[Structure], geometry: Geometry, 
     Raises :class:`InputError` when no structure matches any lung name.
     """
     from ..core.geometry import canonical_orientation
-    from ..core.postprocess import LEFT, RIGHT, split_by_side
+    from ..core.postprocess import split_by_side
 
     roles: Dict[str, List[Structure]] = {"right": [], "left": [], "lung": []}
     ignored = []
@@ -297,31 +300,32 @@ def labels_from_structures(structures: Sequence[Structure], geometry: Geometry, 
                 info["warnings"].append(f"structure {s.name!r} has no drawable contour on this CT")
         return union
 
-    for side in ("right", "left"):
+    for side in SIDES:
         if roles[side]:
             side_masks[side] = draw(roles[side])
             info[f"used_{side}"] = [s.name for s in roles[side]]
-    missing = [side for side in ("right", "left") if side not in side_masks]
+    missing = [side for side in SIDES if side not in side_masks]
     if roles["lung"] and missing:
         combined = draw(roles["lung"])
         info["used_combined"] = [s.name for s in roles["lung"]]
         if len(missing) == 2:
             o = canonical_orientation(geometry)
             split = o.from_canonical(split_by_side(o.to_canonical(combined)))
-            side_masks["right"], side_masks["left"] = split == RIGHT, split == LEFT
+            for side in SIDES:
+                side_masks[side] = split == by_side(side).value
         else:
             known = "left" if missing[0] == "right" else "right"
             side_masks[missing[0]] = combined & ~side_masks[known]
     elif roles["lung"]:
         info["ignored_rois"] += [s.name for s in roles["lung"]]
-    for side in ("right", "left"):
+    for side in SIDES:
         if side not in side_masks:
             info["warnings"].append(f"no {side} lung structure: the {side} lung is left unlabelled")
             side_masks[side] = np.zeros(shape, dtype=bool)
     overlap = side_masks["right"] & side_masks["left"]
     labels = np.zeros(shape, dtype=np.uint8)
-    labels[side_masks["right"] & ~overlap] = RIGHT
-    labels[side_masks["left"] & ~overlap] = LEFT
+    for side in SIDES:
+        labels[side_masks[side] & ~overlap] = by_side(side).value
     info["overlap_voxels"] = int(overlap.sum())
     if info["overlap_voxels"]:
         info["warnings"].append(f"{info['overlap_voxels']} voxels lie in both lungs' contours; they are "
@@ -367,7 +371,7 @@ def import_rtstruct(ct_dir: os.PathLike, rtstruct_path: os.PathLike, out_dir: os
         info["warnings"].append("the CT or the structure set has no frame of reference UID: cannot check that "
                                 "they belong together")
     voxel_ml = geometry.voxel_volume_ml()
-    right, left = labels == 1, labels == 2
+    right, left = labels == by_side("right").value, labels == by_side("left").value
     cx_r, cx_l = _centroid_x(right, geometry), _centroid_x(left, geometry)
     consistent = None if cx_r is None or cx_l is None else bool(cx_r < cx_l)
     if consistent is False:
