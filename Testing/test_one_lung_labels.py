@@ -3,7 +3,6 @@ RTSTRUCT import with only "Lung R" contoured); a binary "lung" mask is still spl
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

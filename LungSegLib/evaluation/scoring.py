@@ -87,7 +87,8 @@ def score_case(pred: np.ndarray, truth: np.ndarray, geometry: Geometry, case: st
         hd, asd = metrics.hd95_and_assd(p, t, spacing, valid)
         lungs.append(LungScores(name, metrics.dice(p, t, valid), metrics.iou(p, t, valid), hd, asd,
                                 v_pred, v_truth, err_ml, err_pct))
-    swapped, as_is, exchanged = metrics.sides_swapped(pred, truth, valid_for((0,) + tuple(lung.value for lung in LUNG_LABELS)))
+    all_lungs = (0,) + tuple(lung.value for lung in LUNG_LABELS)
+    swapped, as_is, exchanged = metrics.sides_swapped(pred, truth, valid_for(all_lungs))
     return CaseScores(case, lungs, swapped, as_is, exchanged, excluded)
 
 

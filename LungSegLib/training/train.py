@@ -32,6 +32,7 @@ from ..errors import InputError, OutputError
 from ..core.atomic import atomic_path, atomic_write_text
 from ..core.model import write_card
 from ..core.preprocess import ModelGridSpec
+from ..defaults import GRID_PIXEL_MM, GRID_SIZE, HU_WINDOW, TRAIN_BATCH_SIZE
 from ..evaluation.metrics import dice_from_counts
 from ..labels import BINARY_CLASS_NAMES, CLASS_NAMES, LUNG_LABELS
 
@@ -49,7 +50,7 @@ class TrainConfig:
     depth: int = 4
     epochs: int = 40
     steps_per_epoch: int = 50
-    batch_size: int = 8
+    batch_size: int = TRAIN_BATCH_SIZE
     learning_rate: float = 1e-3
     min_learning_rate: float = 5e-5
     patience: int = 10
@@ -58,9 +59,9 @@ class TrainConfig:
     augment: bool = True
     max_minutes: float = 0.0
     select: str = "best"
-    size: int = 256
-    pixel_mm: float = 1.5
-    hu_window: Tuple[float, float] = (-1024.0, 600.0)
+    size: int = GRID_SIZE
+    pixel_mm: float = GRID_PIXEL_MM
+    hu_window: Tuple[float, float] = HU_WINDOW
     augment_config: AugmentConfig = field(default_factory=AugmentConfig)
 
     @property
@@ -80,7 +81,7 @@ class TrainConfig:
         values = {k: v for k, v in data.items() if k in known}
         aug = values.pop("augment_config", {}) or {}
         aug = {k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()}
-        values["hu_window"] = tuple(values.get("hu_window", (-1024.0, 600.0)))
+        values["hu_window"] = tuple(values.get("hu_window", HU_WINDOW))
         return cls(augment_config=AugmentConfig(**aug), **values)
 
 
@@ -116,7 +117,7 @@ def predict_labels(keras_model, images: np.ndarray, n_classes: int) -> np.ndarra
 
 
 def validation_counts(keras_model, cases: Sequence[CachedCase], n_classes: int,
-                   batch_size: int = 8) -> Dict[str, np.ndarray]:
+                   batch_size: int = TRAIN_BATCH_SIZE) -> Dict[str, np.ndarray]:
     """Per case, :func:`dice_counts` over all its model-grid slices (no augmentation)."""
     out = {}
     for case in cases:
