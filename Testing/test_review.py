@@ -122,7 +122,7 @@ def test_no_confidence_computes_nothing(phantom, oracle_model):
 def test_flip_pass_agrees_on_a_symmetric_phantom_and_swaps_sides_back(phantom, oracle_model, dice_score):
     ct, geometry = phantom
     plain = segment_array(ct, geometry, oracle_model, confidence=ConfidenceOptions())
-    flipped = segment_array(ct, geometry, oracle_model, confidence=ConfidenceOptions(flip=True))
+    flipped = segment_array(ct, geometry, oracle_model, confidence=ConfidenceOptions(flip=True, flip_all=True))
     assert plain.confidence.flip is False and plain.confidence.flip_agreement() is None
     assert flipped.confidence.flip is True
     for label in (1, 2):  # the mirrored pass's "right" was swapped back: sides unchanged
@@ -132,6 +132,29 @@ def test_flip_pass_agrees_on_a_symmetric_phantom_and_swaps_sides_back(phantom, o
     assert np.isnan(plain.confidence.stats["flip_disagreement_px"]).all()
     with pytest.raises(ValueError, match="flip"):
         plain.confidence.scores("flip_rel")
+
+
+def test_selective_flip_runs_on_a_bounded_share_of_slices(phantom, oracle_model, dice_score):
+    ct, geometry = phantom
+    plain = segment_array(ct, geometry, oracle_model, batch_size=4, confidence=ConfidenceOptions())
+    options = ConfidenceOptions(flip=True, flip_min_score=0.0, flip_max_fraction=0.3)
+    result = segment_array(ct, geometry, oracle_model, batch_size=4, confidence=options)
+    flipped = result.confidence.flipped
+    body = ct.reshape(len(ct), -1).max(axis=1) > -500
+    assert flipped.sum() == min(int(np.ceil(0.3 * len(ct))), body.sum())
+    assert np.isfinite(result.confidence.stats["flip_disagreement_px"][flipped]).all()
+    assert np.isnan(result.confidence.stats["flip_disagreement_px"][~flipped]).all()
+    # the relabelled slices (averaged passes) agree with the plain labels on a symmetric phantom
+    for label in (1, 2):
+        assert dice_score(plain.labels == label, result.labels == label) > 0.97
+    assert result.confidence.to_dict()["flipped_slices"] == [int(k) for k in np.flatnonzero(flipped)]
+    # only the slices the plain pass is unsure about (its scores are the plain pass's), in slice order
+    threshold = float(np.median(plain.confidence.slice_scores()))
+    some = segment_array(ct, geometry, oracle_model, batch_size=4,
+                         confidence=ConfidenceOptions(flip=True, flip_min_score=threshold, flip_max_fraction=1.0))
+    unsure = some.confidence.slice_scores() >= threshold
+    assert 0 < unsure.sum() < len(ct)
+    np.testing.assert_array_equal(some.confidence.flipped, unsure & body)
 
 
 def test_binary_model_confidence(phantom, binary_oracle_model):

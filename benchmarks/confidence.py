@@ -5,7 +5,7 @@
 
 For every case (``$LUNGSEG_DATA_DIR/cases/<case>/{ct,label}.nrrd``, default ``<repo>/../shared/data``)
 the bundled model segments the CT with the confidence statistics on, once plainly and once with the
-test-time left-right flip. Per axial slice the *error* is measured against ``label.nrrd``:
+test-time left-right flip on every slice (``flip_all``). Per axial slice the *error* is measured against ``label.nrrd``:
 
 * Dice error of the slice: ``1 - 2 sum_l |P_l & R_l| / sum_l (|P_l| + |R_l|)`` over both lungs
   (slices where neither has lung are left out: nothing to rank there);
@@ -92,7 +92,7 @@ def main() -> int:
         volume, geometry = sitk.GetArrayFromImage(image), Geometry.from_sitk(image)
         for flip in (False, True):
             t0 = time.perf_counter()
-            result = seg.segment_array(volume, geometry, confidence=ConfidenceOptions(flip=flip))
+            result = seg.segment_array(volume, geometry, confidence=ConfidenceOptions(flip=flip, flip_all=flip))
             seconds = time.perf_counter() - t0
             conf = result.confidence
             assert conf.axis == 0, "the shared cases are axial [k, j, i] volumes"

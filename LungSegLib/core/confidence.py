@@ -19,13 +19,15 @@ The per-slice *score* the review list ranks by is chosen by measurement on the s
 Everything is computed only on the rows and columns where some lung probability is >= 0.05 (the lungs'
 box on the model grid) and only when asked: inference without a scorer does none of this.
 
-With ``flip=True`` every batch also runs mirrored; the two passes' probabilities are averaged (the
-usual test-time augmentation), which costs a second network pass.
+With ``flip=True`` the slices the plain pass is unsure about (at most a quarter of the volume) also run
+mirrored, and those slices are relabelled from the average of the two passes; ``flip_all=True``
+mirrors every slice (the usual test-time augmentation: a whole second network pass).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -48,10 +50,17 @@ class ConfidenceOptions:
 
     Attributes:
         flip: also run the left-right mirrored pass, average the probabilities, and measure the
-            agreement between the passes (a second network pass: slower).
+            agreement between the passes. By default only on the slices the plain pass is unsure
+            about (expected Dice error >= ``flip_min_score``), at most ``flip_max_fraction`` of the
+            volume's slices (in slice order), which bounds its cost to that share of a second pass.
+        flip_all: run the mirrored pass on every slice (the classic test-time augmentation: about
+            twice the network time).
     """
 
     flip: bool = False
+    flip_all: bool = False
+    flip_min_score: float = 0.02
+    flip_max_fraction: float = 0.25
 
 
 @dataclass
@@ -66,12 +75,14 @@ class SliceConfidence:
             without the flip pass.
         pixel_mm: the model grid's pixel size (mm), to turn pixel counts into mm².
         flip: whether the flip pass ran.
+        flipped: ``[n_slices]`` which slices the mirrored pass ran on.
     """
 
     axis: int
     stats: Dict[str, np.ndarray]
     pixel_mm: float
     flip: bool = False
+    flipped: Optional[np.ndarray] = None
 
     @property
     def n_slices(self) -> int:
@@ -127,12 +138,13 @@ class SliceConfidence:
         return out
 
     def flip_agreement(self) -> Optional[Dict[str, float]]:
-        """Per lung, the Dice-like agreement of the plain and mirrored passes, 1 - disagreement /
-        (2 x area); None without the flip pass."""
+        """Per lung, the Dice-like agreement of the plain and mirrored passes on the slices the mirrored
+        pass ran on, 1 - disagreement / (2 x area); None without the flip pass."""
         if not self.flip:
             return None
-        dis = self.stats["flip_disagreement_px"].sum(axis=0)
-        area = self.stats["area_px"].sum(axis=0)
+        ran = np.isfinite(self.stats["flip_disagreement_px"])
+        dis = np.where(ran, self.stats["flip_disagreement_px"], 0).sum(axis=0)
+        area = np.where(ran, self.stats["area_px"], 0).sum(axis=0)
         return {label.key: (float(1.0 - dis[n] / (2 * area[n])) if area[n] > 0 else float("nan"))
                 for n, label in enumerate(LUNG_LABELS[:dis.shape[0]])}
 
@@ -142,6 +154,7 @@ class SliceConfidence:
             return None if d is None else {k: (None if not np.isfinite(v) else round(v, 4)) for k, v in d.items()}
 
         return {"axis": self.axis, "flip": self.flip, "score": DEFAULT_SCORE,
+                "flipped_slices": None if self.flipped is None else [int(k) for k in np.flatnonzero(self.flipped)],
                 "lung_confidence": clean(self.lung_confidence()),
                 "flip_agreement": clean(self.flip_agreement()),
                 "slice_confidence": [round(float(v), 4) for v in self.slice_confidence()]}
@@ -176,33 +189,73 @@ class SliceScorer:
         self.options = options
         self.pixel_mm = float(pixel_mm)
         self.stats = {name: np.zeros((n_slices, n_lungs), np.float64) for name in STATS}
-        if not options.flip:
-            self.stats["flip_disagreement_px"][:] = np.nan
+        self.stats["flip_disagreement_px"][:] = np.nan  # set on the slices the mirrored pass ran on
+        self.flipped = np.zeros(n_slices, bool)
+        self._budget = int(math.ceil(options.flip_max_fraction * n_slices))
+        self._queue: List[Tuple[int, np.ndarray, np.ndarray]] = []
+        #: ``writer(canonical indices, [n, C, S, S] lung probabilities)`` relabels those slices (set by
+        #: inference; the selective flip pass calls it once the mirrored pass of queued slices has run)
+        self.writer: Optional[Callable[[np.ndarray, np.ndarray], None]] = None
 
     def observe(self, start: int, x: np.ndarray, lungs: np.ndarray, body: np.ndarray,
                 predict: Callable[[np.ndarray], np.ndarray], binary: bool) -> np.ndarray:
-        """Score one batch; returns the lung probabilities inference should use (averaged with the
-        mirrored pass when flipping).
+        """Score one batch; returns the lung probabilities inference should use now (averaged with the
+        mirrored pass with ``flip_all``; the selective flip queues its slices and relabels them later
+        through :attr:`writer`).
 
         Args:
             start: canonical index of the batch's first slice.
             x: ``[B, S, S]`` model input; lungs: ``[B, C, S, S]`` lung probabilities (0 off the body);
             body: ``[B]`` which slices show a body; predict: the network; binary: 1-channel model.
         """
+        indices = start + np.arange(len(lungs))
+        if self.options.flip and self.options.flip_all:
+            lungs = self._mirror_average(indices, x, lungs, body, predict, binary)
+        self._score(start, lungs)
+        if self.options.flip and not self.options.flip_all and self._budget > 0:
+            stop = start + len(lungs)
+            err, area = self.stats["expected_error_px"][start:stop], self.stats["area_px"][start:stop]
+            unsure = (err / (2 * area + AREA_PRIOR_PX)).max(axis=1) >= self.options.flip_min_score
+            for i in np.flatnonzero(unsure & body)[:self._budget]:
+                self._queue.append((int(indices[i]), x[i].copy(), lungs[i].copy()))
+            self._budget -= min(self._budget, int((unsure & body).sum()))
+            if len(self._queue) >= getattr(predict, "batch_size", 8):
+                self._flush(predict, binary)
+        return lungs
+
+    def finish(self, predict: Callable[[np.ndarray], np.ndarray], binary: bool) -> None:
+        """Run the mirrored pass on the slices still queued (after the last batch)."""
+        if self._queue:
+            self._flush(predict, binary)
+
+    def _flush(self, predict, binary: bool) -> None:
+        indices = np.array([q[0] for q in self._queue])
+        x = np.stack([q[1] for q in self._queue])
+        lungs = np.stack([q[2] for q in self._queue])
+        self._queue = []
+        averaged = self._mirror_average(indices, x, lungs, np.ones(len(indices), bool), predict, binary)
+        if self.writer is not None:
+            self.writer(indices, averaged)
+
+    def _mirror_average(self, indices: np.ndarray, x: np.ndarray, lungs: np.ndarray, body: np.ndarray,
+                        predict, binary: bool) -> np.ndarray:
+        """The mirrored pass of ``x`` (mirrored back, right/left swapped back), averaged with ``lungs``;
+        records the two passes' disagreement for ``indices``."""
+        mirrored = predict(np.ascontiguousarray(x[:, :, ::-1]))
+        mirrored = mirrored if binary else mirrored[:, 1:]
+        # mirror back; the mirrored image's "right lung" is the patient's left lung
+        mirrored = mirrored[:, :, :, ::-1] if binary else mirrored[:, ::-1, :, ::-1]
+        mirrored = np.array(mirrored, dtype=np.float32)
+        mirrored[~body] = 0
+        self.stats["flip_disagreement_px"][indices] = self._disagreement(lungs, mirrored)
+        self.flipped[indices] = True
+        return 0.5 * (lungs + mirrored)
+
+    def _score(self, start: int, lungs: np.ndarray) -> None:
         stop = start + len(lungs)
-        if self.options.flip:
-            mirrored = predict(np.ascontiguousarray(x[:, :, ::-1]))
-            mirrored = mirrored if binary else mirrored[:, 1:]
-            # mirror back, and the mirrored image's "right lung" is the patient's left lung
-            mirrored = mirrored[:, ::-1, :, ::-1] if not binary else mirrored[:, :, :, ::-1]
-            mirrored = np.array(mirrored, dtype=np.float32)
-            mirrored[~body] = 0
-            dis = self._disagreement(lungs, mirrored)
-            self.stats["flip_disagreement_px"][start:stop] = dis
-            lungs = 0.5 * (lungs + mirrored)
         box = _box(lungs)
         if box is None:
-            return lungs
+            return
         p = lungs[:, :, box[0], box[1]]
         hard = _hard(p)
         background = np.clip(1.0 - p.sum(axis=1), 0.0, 1.0)
@@ -227,7 +280,6 @@ class SliceScorer:
             self.stats["expected_error_px"][start:stop, c] = np.minimum(pc, 1.0 - pc).sum(axis=(1, 2))
             self.stats["entropy_px"][start:stop, c] = (entropy * band).sum(axis=(1, 2))
             self.stats["margin_px"][start:stop, c] = (unsure * band).sum(axis=(1, 2))
-        return lungs
 
     @staticmethod
     def _disagreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -242,8 +294,10 @@ class SliceScorer:
     def result(self, axis: int, flipped_axis: bool) -> SliceConfidence:
         """The statistics on the input array's slice order: ``axis`` is the input axis that is the
         canonical slice axis, ``flipped_axis`` whether the canonical order runs against it."""
-        stats = {k: (v[::-1].copy() if flipped_axis else v) for k, v in self.stats.items()}
-        return SliceConfidence(axis=int(axis), stats=stats, pixel_mm=self.pixel_mm, flip=self.options.flip)
+        order = (lambda v: v[::-1].copy()) if flipped_axis else (lambda v: v)
+        stats = {k: order(v) for k, v in self.stats.items()}
+        return SliceConfidence(axis=int(axis), stats=stats, pixel_mm=self.pixel_mm, flip=self.options.flip,
+                               flipped=order(self.flipped))
 
 
 __all__ = ["ConfidenceOptions", "DEFAULT_SCORE", "SliceConfidence", "SliceScorer", "STATS"]
