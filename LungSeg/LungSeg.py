@@ -50,7 +50,8 @@ import LungSegLogicLib.license  # noqa: E402
 import LungSegLogicLib.logic  # noqa: E402
 import LungSegLogicLib.messages  # noqa: E402
 import LungSegLogicLib.review  # noqa: E402
-from LungSegLogicLib.dicomseg_export import exportDicomSeg, isFromDicom  # noqa: E402
+from LungSegLogicLib.dicomseg_export import (HIGHDICOM_REQUIREMENT, exportDicomSeg, highdicomInstalled,  # noqa: E402
+                                             isFromDicom)
 from LungSegLib import defaults  # noqa: E402
 from LungSegLib.errors import LungSegError  # noqa: E402
 
@@ -308,6 +309,13 @@ class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Write the lung segments as a DICOM SEG beside the study's files (export worker process) and
         add it to the DICOM database."""
         volume, segmentation = self._parameterNode.inputVolume, self._segmentationToExport()
+        if not highdicomInstalled():
+            if not slicer.util.confirmOkCancelDisplay(
+                    _("Writing DICOM SEG needs the Python package highdicom. Install it now?"),
+                    windowTitle=_("Install highdicom?")):
+                return
+            with slicer.util.tryWithErrorDisplay(_("Could not install highdicom."), waitCursor=True):
+                slicer.util.pip_install(HIGHDICOM_REQUIREMENT)
         with slicer.util.tryWithErrorDisplay(_("Could not export the DICOM SEG."), waitCursor=True):
             path = exportDicomSeg(self.logic, segmentation, volume, addToDatabase=True,
                                   modelName=(self.logic.lastOutcome.modelName if self.logic.lastOutcome

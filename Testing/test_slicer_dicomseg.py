@@ -16,8 +16,8 @@ pytest.importorskip("highdicom", reason="DICOM SEG needs the optional highdicom 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "LungSeg"))
 
 from dicom_ct import small_ct, write_ct_series  # noqa: E402
-from LungSegLogicLib.dicomseg_export import (INSTANCE_UIDS_ATTRIBUTE, dicomSourceFiles, exportDicomSeg,  # noqa: E402
-                                             isFromDicom)
+from LungSegLogicLib.dicomseg_export import (HIGHDICOM_REQUIREMENT, INSTANCE_UIDS_ATTRIBUTE,  # noqa: E402
+                                             dicomSourceFiles, exportDicomSeg, highdicomInstalled, isFromDicom)
 from LungSegLogicLib.logic import LungSegLogic, volume_ijk_to_ras  # noqa: E402
 
 from LungSegLib.core import dicomseg  # noqa: E402
@@ -87,6 +87,7 @@ def test_export_writes_a_seg_equal_to_the_segments(mrml_app, dicom_ct, tmp_path)
     segmentationNode = lung_segmentation(logic, volumeNode, labels)
     before = mrml_app.node_ids()
     database = DicomDatabase(files)
+    assert highdicomInstalled() and HIGHDICOM_REQUIREMENT.startswith("highdicom>=")
     assert isFromDicom(volumeNode) and dicomSourceFiles(volumeNode, database) == [str(f) for f in files]
 
     path = exportDicomSeg(logic, segmentationNode, volumeNode, str(tmp_path / "out" / "lungs.dcm"),

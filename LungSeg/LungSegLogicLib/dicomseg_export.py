@@ -22,8 +22,18 @@ from LungSegLib.worker.process import WorkerProcess, python_executable
 
 #: Where Slicer's DICOM plugins store a loaded volume's instance UIDs (space separated).
 INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
+#: The package the export worker needs, installed into Slicer's Python on the first export (it is not in
+#: Resources/requirements.txt: segmenting does not need it). 0.22 is the release for Python 3.9.
+HIGHDICOM_REQUIREMENT = "highdicom>=0.22"
 #: How long an export may take (seconds); it is a few seconds even for a large CT.
 EXPORT_TIMEOUT_S = 600.0
+
+
+def highdicomInstalled() -> bool:
+    """Whether the export worker (this Python) can import highdicom."""
+    import importlib.util
+
+    return importlib.util.find_spec("highdicom") is not None
 
 
 def isFromDicom(volumeNode) -> bool:
@@ -138,4 +148,4 @@ def _safeName(name: str) -> str:
     return "".join(c if c.isalnum() or c in " -_." else "_" for c in name).strip() or "CT"
 
 
-__all__ = ["INSTANCE_UIDS_ATTRIBUTE", "isFromDicom", "dicomSourceFiles", "exportDicomSeg"]
+__all__ = ["INSTANCE_UIDS_ATTRIBUTE", "HIGHDICOM_REQUIREMENT", "highdicomInstalled", "isFromDicom", "dicomSourceFiles", "exportDicomSeg"]
