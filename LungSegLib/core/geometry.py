@@ -126,13 +126,6 @@ class CanonicalOrientation:
         inverse = tuple(int(a) for a in np.argsort(self.axes))
         return np.transpose(array, inverse + tuple(range(3, array.ndim)))
 
-    def input_shape(self, canonical_shape: Sequence[int]) -> Tuple[int, ...]:
-        """Shape of the input array that has the given canonical shape."""
-        shape = [0, 0, 0]
-        for c, a in enumerate(self.axes):
-            shape[a] = int(canonical_shape[c])
-        return tuple(shape)
-
     @property
     def pixel_spacing_mm(self) -> Tuple[float, float]:
         """In-plane spacing of canonical slices: (row = posterior, column = left) in mm."""
@@ -140,6 +133,7 @@ class CanonicalOrientation:
 
     @property
     def slice_spacing_mm(self) -> float:
+        """Distance between canonical slices (superior direction) in mm."""
         return self.spacing_zyx[0]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -11,8 +12,6 @@ import SimpleITK as sitk
 from ..errors import InputError
 from .compressed import verify_compressed_input
 
-#: Extensions read as single files (anything else SimpleITK reads is tried too).
-CT_FILE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".dcm")
 _CT_MODALITIES = {"CT"}
 
 
@@ -110,7 +109,7 @@ def read_dicom_series(folder: os.PathLike) -> Tuple[sitk.Image, List[str]]:
         image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"Could not read the DICOM series in {folder}: {_first_line(exc)}") from exc
-    check_slice_spacing(_slice_positions(reader, len(files)), folder.name)
+    check_slice_spacing(_slice_positions(reader, len(files)), folder.name, n_slices=len(files))
     validate_ct_image(image, folder.name)
     return as_3d(image), files
 
@@ -127,13 +126,21 @@ def _slice_positions(reader: sitk.ImageSeriesReader, n: int) -> Optional[np.ndar
         return None
 
 
-def check_slice_spacing(positions: Optional[np.ndarray], name: str = "the series") -> None:
+def check_slice_spacing(positions: Optional[np.ndarray], name: str = "the series", n_slices: int = 0) -> None:
     """Refuse a DICOM series whose slices are not evenly spaced (mm along the slice normal).
 
     A volume is built on a regular grid, so a missing slice (a gap) or two slices at one position would
     silently stretch or shift the anatomy below it. Variations under half the usual spacing are accepted.
+    ``positions`` None (the position tags of the ``n_slices`` files are missing or unreadable) cannot be
+    checked: a :class:`UserWarning` says so instead of passing silently.
     """
-    if positions is None or len(positions) < 3:
+    if positions is None:
+        if n_slices >= 3:
+            warnings.warn(f"The slice positions of {name} (Image Position / Image Orientation (Patient)) are "
+                          "missing or unreadable, so LungSeg cannot check that its slices are evenly spaced; "
+                          "a missing slice would stretch the anatomy below it.", UserWarning, stacklevel=3)
+        return
+    if len(positions) < 3:
         return
     steps = np.diff(np.sort(positions))
     usual = float(np.median(steps))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -23,7 +24,23 @@ from .preprocess import BODY_HU, prepare_volume
 ProgressCallback = Callable[[int, int], None]
 CancelFlag = Union[Callable[[], bool], "threading.Event", None]  # noqa: F821
 
-_threads_configured = False
+
+
+@dataclass(frozen=True)
+class ThreadSettings:
+    """TensorFlow's CPU thread pools as they are in effect in this process.
+
+    ``applied`` is False when TensorFlow had started before LungSeg could set them (e.g. in a notebook
+    that ran TensorFlow first): its own pools were kept and ``note`` says so.
+    """
+
+    intra_op: int
+    inter_op: int
+    applied: bool
+    note: str = ""
+
+
+_thread_settings: Optional[ThreadSettings] = None
 
 
 def available_cores() -> int:
@@ -35,22 +52,38 @@ def available_cores() -> int:
 
 
 def configure_threads(threads: Optional[int] = None) -> int:
-    """Set TensorFlow's thread pools (once per process, before the first model runs).
+    """Set TensorFlow's thread pools (once per process, before the first model runs) and return the
+    number of threads per operation actually in effect (see :func:`thread_settings`).
 
-    ``threads`` defaults to all cores this process may use. Returns the number set.
+    ``threads`` defaults to all cores this process may use. The pools cannot change once TensorFlow
+    runs: when TensorFlow had already started, or an earlier call set other pools, the pools in effect
+    are returned, and a :class:`UserWarning` says so when ``threads`` asked for another number.
     """
-    global _threads_configured
-    n = int(threads or available_cores())
-    if not _threads_configured:
+    global _thread_settings
+    wanted = int(threads or available_cores())
+    if _thread_settings is None:
         import tensorflow as tf
 
         try:
-            tf.config.threading.set_intra_op_parallelism_threads(n)
-            tf.config.threading.set_inter_op_parallelism_threads(min(2, n))
-        except RuntimeError:
-            pass  # TensorFlow already started (e.g. in a notebook): keep its pools
-        _threads_configured = True
-    return n
+            tf.config.threading.set_intra_op_parallelism_threads(wanted)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, wanted))
+            _thread_settings = ThreadSettings(wanted, min(2, wanted), True)
+        except RuntimeError:  # TensorFlow already started: its pools stay (0 = its default, all cores)
+            _thread_settings = ThreadSettings(
+                tf.config.threading.get_intra_op_parallelism_threads() or available_cores(),
+                tf.config.threading.get_inter_op_parallelism_threads() or available_cores(), False,
+                "TensorFlow had already started in this process, so its own thread pools were kept")
+    settings = _thread_settings
+    if threads and settings.intra_op != wanted:
+        reason = settings.note or "an earlier call in this process set them"
+        warnings.warn(f"{wanted} CPU threads were asked for, but TensorFlow runs with {settings.intra_op} "
+                      f"({reason}; they cannot change while the process runs).", UserWarning, stacklevel=2)
+    return settings.intra_op
+
+
+def thread_settings() -> Optional[ThreadSettings]:
+    """The thread pools :func:`configure_threads` found or set, or None before its first call."""
+    return _thread_settings
 
 
 def native_bfloat16() -> bool:
