@@ -261,3 +261,27 @@ def test_cli_report_files_and_printed_review(phantom, oracle_model_path, tmp_pat
     assert main(["segment", *args, "--overwrite", "--report", str(tmp_path / "r.txt")]) == 4
     assert "report" in capsys.readouterr().err
     assert main(["segment", *args, "--report", str(reports[0])]) == 4  # exists, no --overwrite
+
+
+def test_volume_and_ratio_flags_reach_the_report():
+    # 4 mm voxels (0.064 mL): a 'right lung' of 100 000 voxels is 6400 mL, the left one 20 x smaller
+    geometry = Geometry((4.0, 4.0, 4.0))
+    labels = np.zeros((50, 80, 80), np.uint8)
+    labels[:40, 10:60, 2:52] = 1
+    labels[5:25, 20:45, 60:70] = 2
+    ct = np.where(labels > 0, -850, 40).astype(np.int16)
+    result = SegmentationResult(labels, geometry)
+    add_review(result, ct)
+    flags = {(f["code"], f["lung"]) for f in report_dict(result)["flags"]}
+    assert ("volume_out_of_range", "right") in flags and ("ratio_out_of_range", None) in flags
+
+
+def test_non_hu_override_flag_reaches_the_report(phantom, oracle_model):
+    """Raw stored values (HU + 1024) segmented with the HU check off: the run's own warning is the flag."""
+    ct, geometry = phantom
+    raw = ct.astype(np.int32) + 1024
+    from LungSegLib.api import LungSegmenter
+
+    result = LungSegmenter(oracle_model, check_hu=False, review=True).segment_array(raw, geometry)
+    codes = [f["code"] for f in report_dict(result)["flags"]]
+    assert codes.count("non_hu_override") == 1  # from the run's warnings, not repeated

@@ -2,15 +2,15 @@
 world positions, jumping the slice views there, and per-slice confidence as a table for plotting.
 
 Everything here works on the worker's ``done`` event (JSON) so the panel, the Python console and
-tests use the same code; :class:`LungSegLib.core.review.ReviewItem` is the item type.
+tests use the same code; :class:`LungSegLib.worker.ReviewItem` (the worker protocol's) is the item type.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from LungSegLib.core.review import ReviewItem
+from LungSegLib.worker import ReviewItem
 
 #: Table columns: (key in a region of ``LungMeasures.to_dict()``, title, unit)
 _FIXED_COLUMNS = (("volume_ml", "Volume", "mL"), ("mean_hu", "Mean", "HU"), ("median_hu", "Median", "HU"),
