@@ -6,6 +6,8 @@ generalises (that is the leave-one-patient-out table in Resources/Models/MODEL_C
 """
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +16,16 @@ import SimpleITK as sitk
 
 from LungSegLib.core.geometry import Geometry, centroid_lps
 from LungSegLib.evaluation.metrics import dice
-from LungSegLib.core.model import load_model
+from LungSegLib.core.model import BUNDLED_MODEL, load_model, models_dir, sha256_of
+from LungSegLib.core.unet import UNetArchitecture
+from LungSegLib.core.weights import WEIGHTS_FORMAT
+from LungSegLib.labels import CLASS_NAMES
 
-SAMPLE = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "Resources" / "SampleData"
+#: The last commit that shipped the bundled model as a Keras 3.15 ``.keras`` file (before the export).
+KERAS_COMMIT = "f8f85a4d61cc6733bdbe403481434d3e11bc764b"
+KERAS_FILE = "Resources/Models/lungseg_unet_3class.keras"
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +54,41 @@ def test_bundled_model_lung_volumes_are_close(sample_result):
     pred, truth, _ = sample_result
     for label in (1, 2):
         assert abs(np.count_nonzero(pred == label) / np.count_nonzero(truth == label) - 1) < 0.1
+
+
+def test_bundled_model_is_exported_weights_with_a_complete_card():
+    path = models_dir() / BUNDLED_MODEL
+    card = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    assert path.suffix == ".npz" and card["file"] == path.name and card["sha256"] == sha256_of(path)
+    assert card["weights_format"] == WEIGHTS_FORMAT and tuple(card["classes"]) == CLASS_NAMES
+    assert UNetArchitecture.from_card(card) == UNetArchitecture(size=256, n_classes=3, base_filters=8, depth=4)
+    assert card["architecture"]["parameters"] == 487899
+    assert not list((REPO / "Resources" / "Models").glob("*.keras"))  # one copy, one format
+
+
+def _git_show(commit: str, path: str, out: Path) -> None:
+    try:
+        proc = subprocess.run(["git", "-C", str(REPO), "show", f"{commit}:{path}"], capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"git is not available to read the former .keras model: {exc}")
+    if proc.returncode != 0:  # e.g. a shallow CI clone without that commit
+        pytest.skip(f"this checkout lacks commit {KERAS_COMMIT[:7]} holding the former .keras model")
+    out.write_bytes(proc.stdout)
+
+
+def test_exported_weights_label_the_sample_exactly_as_the_former_keras_file(sample_result, tmp_path):
+    """The conversion lost nothing: bit-identical arrays, identical labels on the sample CT."""
+    old = tmp_path / "lungseg_unet_3class.keras"
+    _git_show(KERAS_COMMIT, KERAS_FILE, old)
+    _git_show(KERAS_COMMIT, KERAS_FILE.replace(".keras", ".json"), old.with_suffix(".json"))
+    from LungSegLib.api import LungSegmenter
+
+    former, bundled = load_model(old), load_model()
+    assert bundled.card["exported_from"]["sha256"] == former.card["sha256"]
+    for a, b in zip(former.keras_model.get_weights(), bundled.keras_model.get_weights()):
+        assert a.shape == b.shape and np.array_equal(a, b)
+    ct = sitk.ReadImage(str(SAMPLE / "ACRIN-FLT-Breast-001_chest.nrrd"))
+    labels = sitk.GetArrayFromImage(LungSegmenter(former, batch_size=8).segment(ct))
+    pred, _, _ = sample_result
+    assert np.array_equal(labels, pred), (np.bincount(labels.ravel(), minlength=3),
+                                          np.bincount(pred.ravel(), minlength=3))

@@ -245,6 +245,12 @@ def test_train_validate_resume_and_load_the_checkpoint(phantom_cases, tmp_path):
     assert card["training"]["best_logs"]["val_dice"] == pytest.approx(state["best"])
     out = loaded.keras_model.predict_on_batch(np.zeros((1, 64, 64, 1), np.float32))
     assert out.shape == (1, 64, 64, 3)
+    # the same best epoch exported as named arrays, rebuilt in code from the card: bit-identical weights
+    exported = load_model(second.best_weights)
+    assert second.best_weights.name == "best.weights.npz" and exported.card["exported_from"]["file"] == "best.keras"
+    assert exported.card["architecture"]["size"] == 64 and exported.card["training"] == card["training"]
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.keras_model.get_weights(),
+                                                    exported.keras_model.get_weights()))
 
 
 def test_binary_model_trains_and_loads(phantom_cases, tmp_path):
@@ -281,5 +287,7 @@ def test_cli_train_writes_a_loadable_model(phantom_cases, tmp_path, capsys):
     code = main(["train", str(phantom_cases), "--out", str(run), "--val", "p3", "--base-filters", "4",
                  "--depth", "2", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--quiet"])
     assert code == 0
-    assert "Best epoch 1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Best epoch 1" in out and "best.weights.npz" in out
     assert load_model(run / "best.keras").spec.size == 256
+    assert load_model(run / "best.weights.npz").card["architecture"]["depth"] == 2

@@ -471,7 +471,8 @@ def plot(report: Dict[str, Any], path: Path) -> None:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="a .keras model with its card (default: the bundled one)")
+    p.add_argument("--model", default=None,
+                   help="a model (.npz weights or .keras) with its card (default: the bundled one)")
     p.add_argument("--quick", action="store_true", help="1 run per input, 100 and 400-slice phantoms")
     p.add_argument("--runs", type=int, default=None, help="timed runs per input (default 3; --quick 1)")
     p.add_argument("--sizes", type=int, nargs="*", default=None,

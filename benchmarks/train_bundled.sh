@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# How the bundled model (Resources/Models/lungseg_unet_3class.keras) and its leave-one-patient-out
+# How the bundled model (Resources/Models/lungseg_unet_3class.npz) and its leave-one-patient-out
 # (LOPO) check were trained and measured: CPU only (2 shared cores), TensorFlow 2.21.
 #
 #   benchmarks/train_bundled.sh final     # all cases -> $RUNS/bundled (64 x 50 steps, 52 min cap)
-#   benchmarks/train_bundled.sh install   # $RUNS/bundled/best.keras -> Resources/Models + card
+#   benchmarks/train_bundled.sh install   # $RUNS/bundled/best.weights.npz -> Resources/Models + card
 #   benchmarks/train_bundled.sh lopo      # one shorter fold per case (last epoch kept), scored on the left-out case
 #   benchmarks/train_bundled.sh lopo-summary   # benchmarks/results/lopo/summary.{csv,json}
 #
@@ -24,9 +24,10 @@ case "${1:-final}" in
     $LUNGSEG train "$DATA" --out "$RUNS/bundled" "${RECIPE[@]}" --epochs 64 --patience 0 --max-minutes 52
     ;;
   install)
-    # The run's best.keras becomes the bundled model; its card gets the data licences (see the data README).
-    cp "$RUNS/bundled/best.keras" Resources/Models/lungseg_unet_3class.keras
-    $PYTHON - "$RUNS/bundled/best.json" <<'PY'
+    # The run's exported weights (best.weights.npz: named arrays, loadable by every supported Keras) become
+    # the bundled model; its card gets the data licences (see the data README).
+    cp "$RUNS/bundled/best.weights.npz" Resources/Models/lungseg_unet_3class.npz
+    $PYTHON - "$RUNS/bundled/best.weights.json" <<'PY'
 import json, sys
 from LungSegLib.core.model import BUNDLED_MODEL, models_dir, write_card
 card = json.load(open(sys.argv[1]))

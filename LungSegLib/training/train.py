@@ -7,6 +7,8 @@ A run directory holds everything about one training run:
   best score so far and the early-stopping counter, so an interrupted run continues where it was;
 * ``best.keras`` + ``best.json`` — the inference model (no optimizer) of the best epoch and its
   model card (:func:`LungSegLib.core.model.write_card`), loadable by :func:`LungSegLib.core.model.load_model`;
+* ``best.weights.npz`` + ``best.weights.json`` — the same weights exported as named arrays
+  (:mod:`LungSegLib.training.export`): the form to ship, loadable with any supported Keras version;
 * ``log.csv`` — one row per epoch (loss, learning rate, validation Dice per lung);
 * ``cache/`` — the cases resampled onto the model grid (unless ``cache_dir`` points elsewhere).
 
@@ -28,6 +30,7 @@ import numpy as np
 from .. import __version__
 from .augment import AugmentConfig, Augmenter
 from .dataset import CachedCase, SliceSampler, find_cases, make_split, model_labels, prepare_case, tf_dataset
+from .export import export_model
 from ..errors import InputError, OutputError
 from ..core.atomic import atomic_path, atomic_write_text
 from ..core.model import write_card
@@ -98,6 +101,8 @@ class TrainResult:
     best_score: float
     monitor: str
     stopped_early: bool
+    #: the best epoch's exported weights (``best.weights.npz``, card beside it): the file to ship
+    best_weights: Optional[Path] = None
 
 
 def dice_counts(pred: np.ndarray, true: np.ndarray, n_classes: int) -> np.ndarray:
@@ -201,6 +206,11 @@ class _Run:
     def best_path(self) -> Path:
         return self.dir / "best.keras"
 
+    @property
+    def weights_path(self) -> Path:
+        """The best epoch's exported weights (``best.weights.npz`` + ``best.weights.json``)."""
+        return self.dir / "best.weights.npz"
+
     def append_log(self, epoch: int, logs: Dict) -> None:
         path = self.dir / "log.csv"
         if path.is_file():
@@ -229,10 +239,14 @@ class _Run:
         tmp = self.dir / ".best.tmp.keras"
         clean.save(tmp)
         os.replace(tmp, self.best_path)
-        write_card(self.best_path, self.card(keras_model))
+        card = self.card(keras_model)
+        write_card(self.best_path, card)
+        # ...and the same weights in the shipped, Keras-version-independent format (named arrays)
+        export_model(keras_model, card, self.weights_path,
+                     source={"file": self.best_path.name, "keras_version": card["keras_version"]})
 
     def card(self, keras_model) -> Dict:
-        from ..core.unet import count_flops
+        from ..core.unet import UNetArchitecture, count_flops
 
         cfg = self.config
         state = self.state
@@ -242,9 +256,9 @@ class _Run:
             "input": {"size": cfg.size, "pixel_mm": cfg.pixel_mm, "hu_window": list(cfg.hu_window),
                       "preprocessing": "canonical axial stack (S, P, L), each slice resampled to the "
                                        "size x size grid of pixel_mm centred on the body, HU window -> [0, 1]"},
-            "architecture": {"type": "2D U-Net", "base_filters": cfg.base_filters, "depth": cfg.depth,
-                             "batch_norm": True, "parameters": int(keras_model.count_params()),
-                             "gflop_per_slice": round(count_flops(keras_model) / 1e9, 3)},
+            "architecture": dict(UNetArchitecture(cfg.size, cfg.n_classes, cfg.base_filters, cfg.depth).to_card(),
+                                 parameters=int(keras_model.count_params()),
+                                 gflop_per_slice=round(count_flops(keras_model) / 1e9, 3)),
             "training": {"loss": cfg.loss, "optimizer": "Adam", "learning_rate": cfg.learning_rate,
                          "schedule": f"cosine decay to {cfg.min_learning_rate} over epochs x steps",
                          "batch_size": cfg.batch_size, "steps_per_epoch": cfg.steps_per_epoch,
@@ -365,4 +379,4 @@ def train(cases_dir: os.PathLike, run_dir: os.PathLike, config: Optional[TrainCo
         raise OutputError(f"No epoch finished in {run_dir}: nothing to save.")
     return TrainResult(run_dir, run.best_path, run.best_path.with_suffix(".json"), run_dir / "log.csv",
                        int(state["epoch"]), int(state.get("best_epoch") or 0), float(state["best"]),
-                       run.monitor, run_state.stopped_early)
+                       run.monitor, run_state.stopped_early, run.weights_path)
