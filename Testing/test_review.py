@@ -226,13 +226,15 @@ def test_thick_slices_and_oblique_flags_reach_the_report():
     assert {"thick_slices", "oblique"} <= codes
 
 
-def test_no_lung_flag():
+def test_no_lung_flag(tmp_path):
     ct, labels, geometry = _crafted()
     labels[:] = 0
     result = SegmentationResult(labels, geometry)
     add_review(result, ct)
     assert [f["code"] for f in report_dict(result)["flags"]] == ["no_lung"]
     assert result.review == []
+    json.dumps(report_dict(result), allow_nan=False)  # empty lungs: no NaN in the JSON
+    assert write_figure(tmp_path / "empty.pdf", result).read_bytes()[:5] == b"%PDF-"
 
 
 # --- the command line ------------------------------------------------------------------------------
