@@ -17,11 +17,11 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 import LungSegLib
-from LungSegLib.core.checks import Finding
 from LungSegLib.defaults import WORKER_BATCH_SIZE
 from LungSegLib.errors import Cancelled, InputError, LungSegError
 from LungSegLib.labels import LUNG_LABELS, SEGMENT_NAMES
-from LungSegLib.worker import WorkerError, error_from_event, read_labelmap, worker_command, write_volume
+from LungSegLib.worker import (Finding, WorkerError, error_from_event, read_labelmap, worker_command,
+                               write_volume)
 
 from LungSegLib.worker.process import WorkerProcess, python_executable
 

@@ -42,6 +42,8 @@ from .. import __version__
 from .. import defaults
 from ..errors import Cancelled, InputError, LungSegError, ModelError, OutputError, exit_codes_help, exit_meanings
 from ..core.atomic import atomic_path
+from ..core.checks import Finding  # noqa: F401  (the done event's warnings, as dicts)
+from ..core.review import ReviewItem  # noqa: F401  (the done event's review list, as dicts)
 from ..core.geometry import Geometry
 
 DEVICES = defaults.DEVICES
