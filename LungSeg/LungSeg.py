@@ -54,6 +54,7 @@ from LungSegLogicLib.dicomseg_export import (HIGHDICOM_REQUIREMENT, exportDicomS
                                              isFromDicom)
 from LungSegLib import defaults  # noqa: E402
 from LungSegLib.errors import LungSegError  # noqa: E402
+from LungSegLib.labels import by_side  # noqa: E402
 
 #: Device choices shown in the panel (the worker's --device values).
 DEVICES = list(defaults.DEVICES)
@@ -365,7 +366,7 @@ class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.outputSegmentation = outcome.segmentationNode
         volumes = outcome.volumesMl
         text = _("Right lung {right:.0f} mL, left lung {left:.0f} mL ({seconds:.1f} s).").format(
-            right=volumes.get("right lung", 0.0), left=volumes.get("left lung", 0.0),
+            right=volumes.get(by_side("right").name.lower(), 0.0), left=volumes.get(by_side("left").name.lower(), 0.0),
             seconds=outcome.elapsedS)
         if outcome.warnings:
             text += "\n" + "\n".join(_("Warning: {w}").format(w=w) for w in outcome.warnings)

@@ -121,8 +121,8 @@ def _run_segment(args) -> int:
             print(f"warning: {warning} [{getattr(warning, 'code', 'warning')}]", file=sys.stderr)
         vol = result.volumes_ml()
         total = sum(result.timings_s.values())
-        print(f"Wrote {args.output}: right lung {vol['right lung']:.0f} mL, left lung "
-              f"{vol['left lung']:.0f} mL ({total:.1f} s)")
+        lungs = ", ".join(f"{name} {ml:.0f} mL" for name, ml in vol.items())  # label table order
+        print(f"Wrote {args.output}: {lungs} ({total:.1f} s)")
         if args.overview:
             print(f"Wrote {args.overview}")
         if result.measures is not None or result.review:
