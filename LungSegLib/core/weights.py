@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Mapping
 import numpy as np
 
 from ..errors import ModelError
+from .atomic import atomic_path
 
 #: The card's ``weights_format`` for files written by :func:`write_weights`.
 WEIGHTS_FORMAT = "lungseg-named-arrays-npz/1"
@@ -61,20 +62,15 @@ def write_weights(path: os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
     Overwrites ``path`` if it exists: callers decide whether that is allowed.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
-            for key in sorted(arrays):
-                array = np.ascontiguousarray(arrays[key])
-                if array.dtype.kind != "f":
-                    raise ModelError(f"Weight {key} is {array.dtype}, not a float array.")
-                info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_DATE)
-                info.external_attr = 0o644 << 16
-                with archive.open(info, "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, array, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+        for key in sorted(arrays):
+            array = np.ascontiguousarray(arrays[key])
+            if array.dtype.kind != "f":
+                raise ModelError(f"Weight {key} is {array.dtype}, not a float array.")
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_DATE)
+            info.external_attr = 0o644 << 16
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
     return path
 
 
