@@ -316,7 +316,8 @@ def segment_item(segmenter, item: BatchItem, output_root: Path, fmt: str, *, rep
         volumes = result.volumes_ml()
         row.right_lung_ml = f"{volumes['right lung']:.1f}"
         row.left_lung_ml = f"{volumes['left lung']:.1f}"
-        row.warnings = " | ".join(result.warnings)
+        # named findings (core/checks.py): "code: message" so the CSV can be filtered by code
+        row.warnings = " | ".join(f"{getattr(w, 'code', 'warning')}: {w}" for w in result.warnings)
         row.status = "done"
         row.seconds = f"{time.perf_counter() - t0:.2f}"
         write_marker(output, item, row, segmenter.model_name)
@@ -582,8 +583,10 @@ def run_batch(input_root: os.PathLike, output_root: os.PathLike, config: Optiona
 
 
 def batch_main(args) -> int:
-    """``lungseg batch`` (arguments from :func:`LungSegLib.cli`); exit 0 when every CT is done, 3 when
-    any failed (their reasons are in the summary)."""
+    """``lungseg batch`` (arguments from :func:`LungSegLib.cli`). Exit 0 when the run went through every CT
+    -- a CT that failed is a result too, recorded with its reason, so a job array does not retry a shard
+    for a corrupt scan -- and 3 with ``--strict`` when any failed. ``--merge`` exits 3 when a CT was not run
+    by any shard (or, with ``--strict``, failed)."""
     from tqdm import tqdm
 
     include = args.include or ()
@@ -592,7 +595,8 @@ def batch_main(args) -> int:
         counts = {s: sum(r.status == s for r in rows) for s in ("done", "already done", "failed", "not run")}
         if not args.quiet:
             print(f"Wrote {path}: {len(rows)} CTs, " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
-        return 0 if counts["failed"] == counts["not run"] == 0 else InputError.exit_code
+        incomplete = counts["not run"] or (args.strict and counts["failed"])
+        return InputError.exit_code if incomplete else 0
     shard_spec = parse_shard(args.shard) if args.shard else None
     config = BatchConfig(args.output_root, fmt=args.format, model=args.model, batch_size=args.batch_size,
                          threads=args.threads, postprocess=not args.no_postprocess,
@@ -618,7 +622,7 @@ def batch_main(args) -> int:
     if not args.quiet:
         print(f"Wrote {outcome.summary}: {len(outcome.rows)} CTs, {outcome.count('done')} segmented, "
               f"{outcome.count('already done')} already done, {outcome.count('failed')} failed")
-    return 0 if not outcome.count("failed") else InputError.exit_code
+    return InputError.exit_code if args.strict and outcome.count("failed") else 0
 
 
 __all__ = ["BatchItem", "BatchConfig", "BatchOutcome", "Row", "find_inputs", "shard", "parse_shard",

@@ -392,8 +392,9 @@ def _add_batch_parser(sub) -> None:
                     "<output>.lungseg.json marker matches it) is skipped, so an interrupted run continues "
                     "where it stopped; a CT that fails is recorded and the batch goes on. The model is "
                     "loaded once per process.",
-        epilog="exit codes: 0 every CT done, 3 some CTs failed or (with --merge) were not run (see the "
-               "summary), 2 usage, 4 output problem, 5 model problem, 130 cancelled.",
+        epilog="exit codes: 0 the run went through every CT (failed ones are in the summary with their "
+               "reason), 3 with --strict some CTs failed, or with --merge some CTs were not run by any shard, "
+               "2 usage, 4 output problem, 5 model problem, 130 cancelled.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input_root", metavar="INPUT_ROOT", help="folder searched for CTs (recursively)")
     p.add_argument("output_root", metavar="OUTPUT_ROOT", help="folder for the outputs and summary.csv")
@@ -419,6 +420,8 @@ def _add_batch_parser(sub) -> None:
                         "cores/N)")
     p.add_argument("--no-postprocess", action="store_true", help="keep the raw network output")
     p.add_argument("--no-hu-check", action="store_true", help="do not refuse non-HU intensities")
+    p.add_argument("--strict", action="store_true", help="exit 3 when any CT failed (default: exit 0, the "
+                                                         "failures are in the summary)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
     p.set_defaults(func=_run_batch)
 
