@@ -19,28 +19,24 @@ class InputError(LungSegError):
     """The input image cannot be segmented as given (unreadable, not 3-D, not CT, not HU...)."""
 
     exit_code = 3
-    meaning = "bad input (unreadable, not a 3-D CT, not in HU, ...)"
 
 
 class OutputError(LungSegError):
     """The output cannot be written (exists without --overwrite, unknown format, no permission)."""
 
     exit_code = 4
-    meaning = "output problem (exists without --overwrite, unknown format, cannot write)"
 
 
 class ModelError(LungSegError):
     """The model file is missing, corrupted (checksum) or incompatible."""
 
     exit_code = 5
-    meaning = "model problem (missing, checksum mismatch, incompatible)"
 
 
 class Cancelled(LungSegError):
     """The run was cancelled by the user; nothing was written."""
 
     exit_code = 130
-    meaning = "cancelled; nothing was written"
 
 
 class PlausibilityError(LungSegError):
@@ -50,8 +46,6 @@ class PlausibilityError(LungSegError):
     """
 
     exit_code = 7
-    meaning = ("--strict: the result has plausibility warnings (no lung, a lung missing, volumes beyond "
-               "anatomy, ...); nothing was written")
 
     def __init__(self, message: str, findings=()):
         super().__init__(message)
@@ -59,16 +53,26 @@ class PlausibilityError(LungSegError):
 
 
 # --- the exit-code table -----------------------------------------------------------------------------
+#: What each error's exit code means: the CLI's and the worker's ``--help`` tables are built from it.
+MEANINGS = {
+    InputError: "bad input (unreadable, not a 3-D CT, not in HU, ...)",
+    OutputError: "output problem (exists without --overwrite, unknown format, cannot write)",
+    ModelError: "model problem (missing, checksum mismatch, incompatible)",
+    PlausibilityError: ("--strict: the result has plausibility warnings (no lung, a lung missing, volumes "
+                        "beyond anatomy, ...); nothing was written"),
+    Cancelled: "cancelled; nothing was written",
+}
 #: The errors with their own exit code, in code order.
-LIBRARY_ERRORS = (InputError, OutputError, ModelError, PlausibilityError, Cancelled)
+LIBRARY_ERRORS = tuple(MEANINGS)
 #: ``argparse``'s exit code for a command line it cannot parse (also that of a contradictory request).
 USAGE_EXIT_CODE = 2
 
 
 def exit_meanings(errors=None, notes=None) -> dict:
     """``{exit code: meaning}`` of a program: success, internal error and usage, then one row per error
-    class it raises (``errors``: classes with an ``exit_code`` and a ``meaning``; default the library's
-    own, :data:`LIBRARY_ERRORS`; the worker adds its ``DependencyError``).
+    class it raises (``errors``: default the library's own, :data:`LIBRARY_ERRORS`, described by
+    :data:`MEANINGS`; a class of a program's own, like the worker's ``DependencyError``, carries a
+    ``meaning`` attribute).
 
     ``notes`` (``{code: text}``) adds what a code means for that program in particular ("the output
     file is complete", how a cancel arrives): appended after the common meaning with ": " for 0 and
@@ -77,7 +81,7 @@ def exit_meanings(errors=None, notes=None) -> dict:
     table = {0: "success", LungSegError.exit_code: "unexpected internal error",
              USAGE_EXIT_CODE: "wrong command-line usage"}
     for cls in LIBRARY_ERRORS if errors is None else errors:
-        table[cls.exit_code] = cls.meaning
+        table[cls.exit_code] = MEANINGS[cls] if cls in MEANINGS else cls.meaning
     for code, note in (notes or {}).items():
         if code == 0:
             table[code] = f"{table[code]}: {note}"

@@ -28,7 +28,7 @@ def test_exit_code_table_comes_from_the_error_classes():
 
     cli, worker = codes(EXIT_CODES), codes(WORKER_EXIT_CODES)
     for cls in errors.LIBRARY_ERRORS:
-        assert cli[cls.exit_code].startswith(cls.meaning.split(";")[0].split(" (")[0])
+        assert cli[cls.exit_code].startswith(errors.MEANINGS[cls].split(";")[0].split(" (")[0])
     assert cli[0] == "success" and cli[2] == "wrong command-line usage"
     assert cli[130] == "cancelled (Ctrl+C); nothing was written"
     assert worker[DependencyError.exit_code] == DependencyError.meaning

@@ -40,6 +40,7 @@ import numpy as np
 
 from ..labels import LUNG_LABELS
 from .geometry import Geometry
+from .jsonsafe import json_safe
 
 #: Key of the "both lungs" region in the results (the single lungs use the label table's keys).
 BOTH = "both"
@@ -144,17 +145,8 @@ class LungMeasures:
 
     def to_dict(self) -> Dict[str, object]:
         """JSON-ready (NaN becomes None)."""
-        def clean(value):
-            if isinstance(value, float) and not math.isfinite(value):
-                return None
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [clean(v) for v in value]
-            return value
-
-        return {"regions": [clean(asdict(r)) for r in self.regions],
-                "thresholds": clean(asdict(self.thresholds)),
+        return {"regions": [json_safe(asdict(r)) for r in self.regions],
+                "thresholds": json_safe(asdict(self.thresholds)),
                 "note": "Research measures: kernel, dose, slice thickness and inspiration change them."}
 
 

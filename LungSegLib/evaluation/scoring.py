@@ -11,6 +11,7 @@ import numpy as np
 from . import metrics
 from ..errors import InputError
 from ..core.geometry import Geometry
+from ..core.jsonsafe import json_safe
 from ..labels import LUNG_LABELS
 from .cases import GroundTruthCase
 
@@ -126,21 +127,13 @@ class EvaluationReport:
     notes: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
-        def clean(value):
-            if isinstance(value, float) and not math.isfinite(value):
-                return None
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [clean(v) for v in value]
-            return value
-
+        """JSON-ready: infinite distances (one mask empty) and undefined percentages become None."""
         cases = []
         for c in self.cases:
             d = asdict(c)
             d["mean_dice"] = c.mean_dice
             cases.append(d)
-        return clean({"source": self.source, "ground_truth": self.ground_truth,
+        return json_safe({"source": self.source, "ground_truth": self.ground_truth,
                       "units": {"hd95_mm": "mm", "assd_mm": "mm", "volume_*_ml": "mL",
                                 "volume_error_pct": "% of ground-truth volume"},
                       "conventions": "both masks empty: Dice 1, distances 0; one empty: Dice 0, distances "
