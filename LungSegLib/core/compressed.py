@@ -57,8 +57,9 @@ def _verify_file(path: Path, offset: int, kind: str, name: Optional[str] = None)
                 _verify_zlib(f)
     except _Damage as damage:
         where = f" (its {kind} data starts at byte {offset} of {path.name})" if offset else ""
+        what = str(damage).replace("CRC-32/Adler-32", "CRC-32" if kind == "gzip" else "Adler-32")
         raise InputError(
-            f"{name} is damaged: {damage}{where}. ITK would read it without noticing and give noise or "
+            f"{name} is damaged: {what}{where}. ITK would read it without noticing and give noise or "
             "zeros in some slices; copy or export the file again.") from None
     except OSError as exc:
         raise InputError(f"Cannot read {path}: {exc.strerror or exc}") from exc
