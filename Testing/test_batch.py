@@ -80,7 +80,7 @@ def reference(tree, oracle_model, tmp_path_factory):
     from LungSegLib.api import LungSegmenter
 
     out = tmp_path_factory.mktemp("reference") / "out"
-    outcome = run_batch(tree, out, BatchConfig(str(out)), segmenter=LungSegmenter(oracle_model, threads=1))
+    outcome = run_batch(tree, out, BatchConfig(str(out)), segmenter=LungSegmenter(oracle_model))
     return out, outcome
 
 
@@ -144,7 +144,7 @@ def test_second_run_skips_complete_outputs_and_redoes_incomplete_ones(tree, refe
     fourth.write_bytes(fourth.read_bytes()[:-10])      # changed after its marker was written
     untouched = out / "site2" / "p05" / f"{SERIES_UID.format(13)}.seg.nrrd"
     mtime = untouched.stat().st_mtime_ns
-    outcome = run_batch(tree, out, BatchConfig(str(out)), segmenter=LungSegmenter(oracle_model, threads=1))
+    outcome = run_batch(tree, out, BatchConfig(str(out)), segmenter=LungSegmenter(oracle_model))
     assert [r.status for r in outcome.rows] == ["done", "already done", "failed", "done", "already done"]
     assert untouched.stat().st_mtime_ns == mtime
     # --strict: the batch's exit code says that a CT failed (the corrupt series, tried again)
@@ -166,7 +166,7 @@ def test_two_shards_merged_equal_one_run(tree, reference, oracle_model, tmp_path
     assert not {i.key for i in parts[0]} & {i.key for i in parts[1]}
     assert shard(list(reversed(items)), 1, 2) == parts[1]  # deterministic whatever the discovery order
     out = tmp_path / "out"
-    segmenter = LungSegmenter(oracle_model, threads=1)
+    segmenter = LungSegmenter(oracle_model)
     for i in range(2):
         outcome = run_batch(tree, out, BatchConfig(str(out)), shard_spec=(i, 2), segmenter=segmenter)
         assert outcome.summary.name == f"summary.shard-{i}-of-2.csv"
@@ -212,7 +212,7 @@ def test_dicom_seg_batch_refuses_volume_files(tree, oracle_model, tmp_path):
 
     out = tmp_path / "out"
     outcome = run_batch(tree, out, BatchConfig(str(out), fmt="dcm"),
-                        segmenter=LungSegmenter(oracle_model, threads=1))
+                        segmenter=LungSegmenter(oracle_model))
     assert [r.status for r in outcome.rows] == ["failed", "done", "failed", "failed", "done"]
     assert "volume file" in outcome.rows[0].error
     seg = pydicom.dcmread(out / "site2" / "p05" / f"{SERIES_UID.format(13)}.dcm")

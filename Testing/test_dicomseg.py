@@ -46,7 +46,7 @@ def outputs(ct_series, oracle_model, tmp_path_factory):
 
     folder, _, _ = ct_series
     out = tmp_path_factory.mktemp("out")
-    segmenter = LungSegmenter(oracle_model, threads=1)
+    segmenter = LungSegmenter(oracle_model)
     nrrd = out / "lungs.nrrd"
     seg = out / "lungs.dcm"
     segmenter.segment_file(folder, nrrd)
@@ -171,11 +171,14 @@ def test_dciodvfy_finds_no_error(outputs):
 def test_cli_writes_seg_by_extension_and_by_format(ct_series, oracle_model_path, tmp_path):
     folder, files, _ = ct_series
     by_ext = tmp_path / "a" / "lungs.dcm"
-    by_fmt = tmp_path / "b" / "lungs_seg"
-    assert main(["segment", str(folder), str(by_ext), "--model", str(oracle_model_path), "--quiet",
-                 "--threads", "1"]) == 0
+    by_fmt = tmp_path / "b" / "lungs.dcm"
+    assert main(["segment", str(folder), str(by_ext), "--model", str(oracle_model_path), "--quiet"]) == 0
     assert main(["segment", str(folder), str(by_fmt), "--format", "dcm", "--model", str(oracle_model_path),
-                 "--quiet", "--threads", "1"]) == 0
+                 "--quiet"]) == 0
+    # --format must agree with the name (DICOM bytes under .nrrd would mislead every reader): usage error
+    assert main(["segment", str(folder), str(tmp_path / "c" / "lungs.nrrd"), "--format", "dcm", "--model",
+                 str(oracle_model_path), "--quiet"]) == 2
+    assert not (tmp_path / "c").exists()
     a, b = (dicomseg.read_dicom_seg_labels(p, files) for p in (by_ext, by_fmt))
     assert a.any() and np.array_equal(a, b)
     assert [p.name for p in by_ext.parent.iterdir()] == ["lungs.dcm"]  # no temporary file left
