@@ -57,9 +57,21 @@ def test_unreadable_slice_positions_warn_instead_of_passing_silently():
         check_slice_spacing(np.array([0.0, 2.5, 5.0, 10.0, 12.5]), "series Y", n_slices=5)
 
 
+#: Collects the messages of logged warnings into ``caught`` (a list of str) in the child process.
+LOG_CAPTURE = """
+import json, logging
+caught = []
+class _Keep(logging.Handler):
+    def emit(self, record):
+        caught.append(record.getMessage())
+logging.getLogger("LungSegLib").addHandler(_Keep(logging.WARNING))
+"""
+
+
 def _run(code: str) -> dict:
     """Run ``code`` in a fresh interpreter (TensorFlow's pools are per process); it prints JSON."""
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", LOG_CAPTURE.join(textwrap.dedent(part) for part in
+                                                                  code.split(LOG_CAPTURE))], capture_output=True, text=True,
                           cwd=REPO, timeout=300, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin",
                                                       "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -67,31 +79,25 @@ def _run(code: str) -> dict:
 
 
 def test_configure_threads_reports_the_pools_in_effect():
-    out = _run("""
-        import json, warnings
+    out = _run(LOG_CAPTURE + """
         from LungSegLib.core.inference import configure_threads, thread_settings
         first = configure_threads(2)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            second = configure_threads(3)
+        second = configure_threads(3)
         print(json.dumps({"first": first, "second": second, "applied": thread_settings().applied,
-                          "warned": [str(w.message) for w in caught]}))
+                          "warned": caught}))
     """)
     assert out["first"] == 2 and out["second"] == 2 and out["applied"] is True
     assert len(out["warned"]) == 1 and "3 CPU threads were asked for" in out["warned"][0]
 
 
 def test_configure_threads_says_when_tensorflow_had_started():
-    out = _run("""
-        import json, warnings
+    out = _run(LOG_CAPTURE + """
         import tensorflow as tf
         tf.constant(1.0) + 1.0  # TensorFlow runs: its pools are fixed now
         from LungSegLib.core.inference import configure_threads, thread_settings
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            n = configure_threads(1)
+        n = configure_threads(1)
         s = thread_settings()
-        print(json.dumps({"n": n, "applied": s.applied, "note": s.note, "warned": [str(w.message) for w in caught]}))
+        print(json.dumps({"n": n, "applied": s.applied, "note": s.note, "warned": caught}))
     """)
     assert out["applied"] is False and "already started" in out["note"]
     assert out["n"] >= 1

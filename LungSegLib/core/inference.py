@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import os
+import logging
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -57,7 +57,8 @@ def configure_threads(threads: Optional[int] = None) -> int:
 
     ``threads`` defaults to all cores this process may use. The pools cannot change once TensorFlow
     runs: when TensorFlow had already started, or an earlier call set other pools, the pools in effect
-    are returned, and a :class:`UserWarning` says so when ``threads`` asked for another number.
+    are returned, and a logged warning (logger ``LungSegLib.core.inference``) says so when ``threads``
+    asked for another number.
     """
     global _thread_settings
     wanted = int(threads or available_cores())
@@ -76,8 +77,9 @@ def configure_threads(threads: Optional[int] = None) -> int:
     settings = _thread_settings
     if threads and settings.intra_op != wanted:
         reason = settings.note or "an earlier call in this process set them"
-        warnings.warn(f"{wanted} CPU threads were asked for, but TensorFlow runs with {settings.intra_op} "
-                      f"({reason}; they cannot change while the process runs).", UserWarning, stacklevel=2)
+        logging.getLogger(__name__).warning(
+            "%d CPU threads were asked for, but TensorFlow runs with %d (%s; they cannot change while the "
+            "process runs).", wanted, settings.intra_op, reason)
     return settings.intra_op
 
 
