@@ -460,8 +460,9 @@ def _init_worker(config: BatchConfig, counter) -> None:
 def _make_segmenter(config: BatchConfig):
     from .api import LungSegmenter
 
+    # review: the report's density measures, confidence and slices to review need the review pass
     return LungSegmenter(config.model, batch_size=config.batch_size, threads=config.threads,
-                         postprocess=config.postprocess, check_hu=config.check_hu)
+                         postprocess=config.postprocess, check_hu=config.check_hu, review=config.report)
 
 
 def _work(item: BatchItem) -> Row:

@@ -219,6 +219,21 @@ def test_dicom_seg_batch_refuses_volume_files(tree, oracle_model, tmp_path):
     assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == SERIES_UID.format(13)
 
 
+def test_report_per_ct(tree, oracle_model, tmp_path):
+    import json
+
+    from LungSegLib.api import LungSegmenter
+
+    out = tmp_path / "out"
+    outcome = run_batch(tree, out, BatchConfig(str(out), report=True), include=["ct.nrrd"],
+                        segmenter=LungSegmenter(oracle_model, review=True))
+    assert [r.input for r in outcome.rows] == [k for k in EXPECTED_KEYS if k != "site2/p04/ct.nii.gz"]
+    for row in outcome.rows:
+        if row.status == "done":
+            report = json.loads((out / (row.output + ".report.json")).read_text())
+            assert report["volumes_ml"]["right lung"] == pytest.approx(float(row.right_lung_ml), abs=0.06)
+
+
 def _batch_command(tree: Path, out: Path, model: Path, *extra: str) -> list:
     return [sys.executable, "-m", "LungSegLib", "batch", str(tree), str(out), "--model", str(model),
             "--quiet", *extra]
