@@ -3,13 +3,17 @@
 Python blocks run in a fresh interpreter in a temporary folder where ``ct.nrrd`` is the shipped sample CT;
 blocks that need 3D Slicer are listed below by their first line and only compiled. Bash blocks are checked
 with ``bash -n``; each command line in them must be classified below as run (safe and cheap: it runs in the
-temporary folder with ``lungseg`` = this checkout) or syntax-only (installs, trains, needs data the test does
-not have). A new block or command that is not classified fails the test, so nothing is skipped silently.
+temporary folder with ``lungseg`` = this checkout), syntax-only (installs, trains, needs data the test does
+not have: a ``lungseg`` command's options are still parsed by the real argument parser) or a synopsis
+(``[--option ...]`` usage lines). The ``lungseg`` commands inside YAML blocks (deployment examples) are
+parsed the same way. A new block or command that is not classified fails the test, so nothing is skipped
+silently.
 """
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -27,12 +31,15 @@ SLICER_BLOCKS = {
     "import qt": "a Qt timer polling a Slicer segmentation task",
 }
 
-RUN, SYNTAX = "run", "syntax only"
+RUN, SYNTAX, SYNOPSIS = "run", "syntax only", "synopsis"
 #: Command prefixes of the README's bash blocks -> how the test treats them (the longest prefix wins).
 COMMANDS = {
     "lungseg --version": (RUN, "cheap"),
     "lungseg segment ct.nrrd lungs.seg.nrrd --overview": (RUN, "the sample CT, a few seconds"),
-    "lungseg segment CT OUTPUT": (SYNTAX, "the usage synopsis, not a command"),
+    "lungseg segment ct.nrrd lungs.seg.nrrd --report": (RUN, "the sample CT with its reports, seconds"),
+    "lungseg segment CT OUTPUT": (SYNOPSIS, "the usage synopsis, not a command"),
+    "lungseg batch INPUT_ROOT OUTPUT_ROOT [": (SYNOPSIS, "the usage synopsis, not a command"),
+    "lungseg batch /data/": (SYNTAX, "a cluster job over a data folder the test does not have"),
     "lungseg segment ct.nrrd lungs.seg.nrrd --model runs/": (SYNTAX, "needs a model trained by the block"),
     ". .venv/bin/activate": (SYNTAX, "the test already runs in the project's environment"),
     "bash scripts/sample.sh": (SYNTAX, "creates a virtual environment and installs (network)"),
@@ -106,13 +113,39 @@ def _id(block: Block) -> str:
     return f"line{block.line}:{block.first_line[:30]}"
 
 
+YAML = [b for b in BLOCKS if b.language in ("yaml", "yml")]
+
+
 def test_the_readme_has_the_blocks_this_test_knows():
     assert len(PYTHON) >= 3 and len(BASH) >= 3
     firsts = {b.first_line for b in PYTHON}
     for first in SLICER_BLOCKS:
         assert first in firsts, f"SLICER_BLOCKS lists {first!r}, which no README python block starts with"
-    assert not [b for b in BLOCKS if b.language not in ("python", "bash", "sh", "shell", "console", "")], \
+    known = ("python", "bash", "sh", "shell", "console", "yaml", "yml", "")
+    assert not [b for b in BLOCKS if b.language not in known], \
         "a README block in another language: decide how to check it here"
+
+
+def check_lungseg_arguments(command: str) -> None:
+    """Parse a ``lungseg ...`` command line with the real parser (environment variables get sample values:
+    ``*COUNT`` -> 10, others -> 0); fails on an unknown option or a bad value."""
+    from LungSegLib.cli import build_parser
+
+    text = re.sub(r"\$\{?(\w+)\}?", lambda m: "10" if m.group(1).endswith("COUNT") else "0", command)
+    words = shlex.split(text)
+    assert words[0] == "lungseg", command
+    try:
+        build_parser().parse_args(words[1:])
+    except SystemExit as exc:
+        pytest.fail(f"`{command}` is not accepted by lungseg's argument parser (exit {exc.code})")
+
+
+@pytest.mark.parametrize("block", YAML, ids=_id)
+def test_yaml_block_lungseg_commands_parse(block):
+    commands = re.findall(r"lungseg [^\"'\n\]]*", block.code)
+    assert commands, f"README.md line {block.line}: a YAML block without a lungseg command: check it here"
+    for command in commands:
+        check_lungseg_arguments(command.strip())
 
 
 @pytest.fixture
@@ -169,6 +202,8 @@ def test_bash_block(block, workdir):
     unknown = [c for c in commands if classify(c) is None]
     assert not unknown, f"README.md line {block.line}: classify these commands in COMMANDS: {unknown}"
     for command in commands:
+        if classify(command) == SYNTAX and command.startswith("lungseg "):
+            check_lungseg_arguments(command)
         if classify(command) != RUN:
             continue
         proc = subprocess.run(["bash", "-c", command], cwd=str(workdir), env=_env(workdir),
