@@ -100,16 +100,18 @@ def locked() -> Iterator[None]:
 
 
 def ensure_venv(pins: List[str]) -> Path:
-    """The venv with exactly ``pins`` installed; rebuilt when the pins changed or it is broken."""
+    """The venv with exactly ``pins`` installed, on this Python's version (3.9 under a 3.9 test run, as in
+    Slicer 5.8); rebuilt when either changed or it is broken."""
     marker = ROOT / "pins.json"
+    wanted = {"python": "%d.%d" % sys.version_info[:2], "pins": pins}
     python = python_in(VENV)
-    if python.exists() and marker.is_file() and json.loads(marker.read_text()) == pins:
+    if python.exists() and marker.is_file() and json.loads(marker.read_text()) == wanted:
         return python
     shutil.rmtree(VENV, ignore_errors=True)
     marker.unlink(missing_ok=True)
     run([sys.executable, "-m", "venv", VENV], timeout=300)
     run([python, "-m", "pip", "install", "--no-cache-dir", "--quiet", *pins], timeout=1500, env=pip_env())
-    marker.write_text(json.dumps(pins))
+    marker.write_text(json.dumps(wanted))
     return python
 
 
