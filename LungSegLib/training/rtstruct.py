@@ -256,18 +256,9 @@ def _centroid_x(mask: np.ndarray, geometry: Geometry) -> Optional[float]:
     return None if c is None else round(float(c[0]), 1)
 
 
-def labels_from_structures(structures: Sequence[Structure], geometry: Geometry, shape: Tuple[int, int, int],
-                           names: RoiNames = RoiNames()) -> Tuple[np.ndarray, Dict]:
-    """Rasterise the lung structures into a uint8 ``[k, j, i]`` labelmap (0 / 1 right / 2 left).
-
-    Side-specific structures win; a structure of both lungs is used for a side that has none and split
-    by patient side (on the canonical stack). Voxels claimed by both sides become background (and are
-    counted). Returns the labels and a dict of what was used/ignored for :class:`ImportReport`.
-    Raises :class:`InputError` when no structure matches any lung name.
-    """
-    from ..core.geometry import canonical_orientation
-    from ..core.postprocess import split_by_side
-
+def _roles(structures: Sequence[Structure], names: RoiNames) -> Tuple[Dict[str, List[Structure]], List[str]]:
+    """The structures per role ("right", "left", "lung") and the names of those that match none;
+    :class:`InputError` when no structure matches any lung name."""
     roles: Dict[str, List[Structure]] = {"right": [], "left": [], "lung": []}
     ignored = []
     for s in structures:
@@ -280,33 +271,41 @@ def labels_from_structures(structures: Sequence[Structure], geometry: Geometry, 
         raise InputError("No lung structure found among: " + (", ".join(s.name for s in structures) or "none")
                          + ". Name the right/left lung structures with --right-names / --left-names, or a "
                            "structure of both lungs with --lung-names.")
-    info: Dict = {"used_right": [], "used_left": [], "used_combined": [], "ignored_rois": ignored,
-                  "contours_drawn": 0, "contours_skipped": 0, "duplicates_dropped": 0, "skipped_details": [],
-                  "warnings": []}
+    return roles, ignored
+
+
+def _draw(group: List[Structure], geometry: Geometry, shape: Tuple[int, int, int], info: Dict) -> np.ndarray:
+    """The union of a group's rasterised structures; counts and skipped contours go into ``info``."""
+    union = np.zeros(shape, dtype=bool)
+    for s in group:
+        mask, stats = rasterise(s, geometry, shape)
+        union |= mask
+        info["contours_drawn"] += stats.drawn
+        info["duplicates_dropped"] += stats.duplicates
+        info["contours_skipped"] += len(stats.skipped) + s.not_closed_planar
+        info["skipped_details"] += stats.skipped
+        if s.not_closed_planar:
+            info["skipped_details"].append(f"{s.name}: {s.not_closed_planar} contour(s) not CLOSED_PLANAR")
+        if not mask.any():
+            info["warnings"].append(f"structure {s.name!r} has no drawable contour on this CT")
+    return union
+
+
+def _side_masks(roles: Dict[str, List[Structure]], geometry: Geometry, shape: Tuple[int, int, int],
+                info: Dict) -> Dict[str, np.ndarray]:
+    """A mask per patient side: side-specific structures first, a structure of both lungs for the sides
+    without one (split by patient side when both lack one), an empty mask (and a warning) otherwise."""
+    from ..core.geometry import canonical_orientation
+    from ..core.postprocess import split_by_side
+
     side_masks: Dict[str, np.ndarray] = {}
-
-    def draw(group: List[Structure]) -> np.ndarray:
-        union = np.zeros(shape, dtype=bool)
-        for s in group:
-            mask, stats = rasterise(s, geometry, shape)
-            union |= mask
-            info["contours_drawn"] += stats.drawn
-            info["duplicates_dropped"] += stats.duplicates
-            info["contours_skipped"] += len(stats.skipped) + s.not_closed_planar
-            info["skipped_details"] += stats.skipped
-            if s.not_closed_planar:
-                info["skipped_details"].append(f"{s.name}: {s.not_closed_planar} contour(s) not CLOSED_PLANAR")
-            if not mask.any():
-                info["warnings"].append(f"structure {s.name!r} has no drawable contour on this CT")
-        return union
-
     for side in SIDES:
         if roles[side]:
-            side_masks[side] = draw(roles[side])
+            side_masks[side] = _draw(roles[side], geometry, shape, info)
             info[f"used_{side}"] = [s.name for s in roles[side]]
     missing = [side for side in SIDES if side not in side_masks]
     if roles["lung"] and missing:
-        combined = draw(roles["lung"])
+        combined = _draw(roles["lung"], geometry, shape, info)
         info["used_combined"] = [s.name for s in roles["lung"]]
         if len(missing) == 2:
             o = canonical_orientation(geometry)
@@ -322,6 +321,23 @@ def labels_from_structures(structures: Sequence[Structure], geometry: Geometry, 
         if side not in side_masks:
             info["warnings"].append(f"no {side} lung structure: the {side} lung is left unlabelled")
             side_masks[side] = np.zeros(shape, dtype=bool)
+    return side_masks
+
+
+def labels_from_structures(structures: Sequence[Structure], geometry: Geometry, shape: Tuple[int, int, int],
+                           names: RoiNames = RoiNames()) -> Tuple[np.ndarray, Dict]:
+    """Rasterise the lung structures into a uint8 ``[k, j, i]`` labelmap (0 / 1 right / 2 left).
+
+    Side-specific structures win; a structure of both lungs is used for a side that has none and split
+    by patient side (on the canonical stack). Voxels claimed by both sides become background (and are
+    counted). Returns the labels and a dict of what was used/ignored for :class:`ImportReport`.
+    Raises :class:`InputError` when no structure matches any lung name.
+    """
+    roles, ignored = _roles(structures, names)
+    info: Dict = {"used_right": [], "used_left": [], "used_combined": [], "ignored_rois": ignored,
+                  "contours_drawn": 0, "contours_skipped": 0, "duplicates_dropped": 0, "skipped_details": [],
+                  "warnings": []}
+    side_masks = _side_masks(roles, geometry, shape, info)
     overlap = side_masks["right"] & side_masks["left"]
     labels = np.zeros(shape, dtype=np.uint8)
     for side in SIDES:
@@ -333,6 +349,70 @@ def labels_from_structures(structures: Sequence[Structure], geometry: Geometry, 
     return labels, info
 
 
+def _check_frames(structures: Sequence[Structure], names: RoiNames, ct_dir: Path, rtstruct_path: os.PathLike,
+                  info_warnings: List[str]) -> None:
+    """Refuse lung structures drawn on another frame of reference than the CT; warn when either has none."""
+    ct_frame = _ct_frame_of_reference(ct_dir)
+    frames = {s.frame_of_reference for s in structures if s.frame_of_reference}
+    lung_frames = {s.frame_of_reference for s in structures if names.role(s.name) and s.frame_of_reference}
+    if ct_frame and lung_frames and ct_frame not in lung_frames:
+        raise InputError(f"The lung structures of {Path(rtstruct_path).name} were drawn on another frame of "
+                         f"reference ({', '.join(sorted(lung_frames))}) than the CT in {ct_dir} ({ct_frame}): "
+                         "give the CT series the structure set belongs to.")
+    if not ct_frame or not frames:
+        info_warnings.append("the CT or the structure set has no frame of reference UID: cannot check that "
+                             "they belong together")
+
+
+def _report(labels: np.ndarray, info: Dict, geometry: Geometry, structures: Sequence[Structure],
+            patient_id: str, ct_dir: Path, rtstruct_path: os.PathLike, out_dir: Path,
+            targets: Sequence[Path]) -> ImportReport:
+    """The :class:`ImportReport` of a rasterised case (volumes, centroids, the right/left check)."""
+    voxel_ml = geometry.voxel_volume_ml()
+    right, left = labels == by_side("right").value, labels == by_side("left").value
+    cx_r, cx_l = _centroid_x(right, geometry), _centroid_x(left, geometry)
+    consistent = None if cx_r is None or cx_l is None else bool(cx_r < cx_l)
+    if consistent is False:
+        info["warnings"].append("the 'right' lung lies to the patient's left of the 'left' lung (LPS x of the "
+                                "centroids): check the structure names or the CT orientation")
+    return ImportReport(
+        case=out_dir.name, patient_id=patient_id, ct_source=str(ct_dir), rtstruct_file=str(rtstruct_path),
+        shape_zyx=list(labels.shape), spacing_xyz=[float(s) for s in geometry.spacing],
+        origin=[float(o) for o in geometry.origin], direction=[float(d) for d in geometry.direction.ravel()],
+        rtstruct_rois=[s.name for s in structures], used_right=info["used_right"], used_left=info["used_left"],
+        used_combined=info["used_combined"], ignored_rois=info["ignored_rois"],
+        contours_drawn=info["contours_drawn"], contours_skipped=info["contours_skipped"],
+        duplicates_dropped=info["duplicates_dropped"], skipped_details=info["skipped_details"],
+        overlap_voxels=info["overlap_voxels"], vol_right_ml=round(float(right.sum()) * voxel_ml, 1),
+        vol_left_ml=round(float(left.sum()) * voxel_ml, 1),
+        slices_with_lung=int((labels > 0).any(axis=(1, 2)).sum()), centroid_x_right=cx_r,
+        centroid_x_left=cx_l, lr_consistent_LPS=consistent, warnings=info["warnings"],
+        files=[str(p) for p in targets])
+
+
+def _write_case(image, labels: np.ndarray, geometry: Geometry, report: ImportReport, out_dir: Path,
+                targets: Sequence[Path]) -> None:
+    """Write ct.nrrd, label.nrrd and info.json: all three written before any is renamed into place."""
+    import SimpleITK as sitk
+
+    from ..core.writers import labelmap_image
+
+    ct_image = image
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        values = sitk.GetArrayViewFromImage(image)
+        if np.all(values == np.round(values)) and values.min() >= -32768 and values.max() <= 32767:
+            ct_image = sitk.Cast(image, sitk.sitkInt16)  # HU are whole numbers: keep the file small
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(targets[0]) as ct_tmp, atomic_path(targets[1]) as label_tmp, \
+                atomic_path(targets[2]) as info_tmp:
+            sitk.WriteImage(ct_image, str(ct_tmp), useCompression=True)
+            sitk.WriteImage(labelmap_image(labels, geometry), str(label_tmp), useCompression=True)
+            info_tmp.write_text(json.dumps(report.to_info(), indent=1) + "\n", encoding="utf-8")
+    except (RuntimeError, OSError) as exc:
+        raise OutputError(f"Could not write the case into {out_dir}: {str(exc).strip().splitlines()[-1]}") from exc
+
+
 def import_rtstruct(ct_dir: os.PathLike, rtstruct_path: os.PathLike, out_dir: os.PathLike,
                     names: RoiNames = RoiNames(), overwrite: bool = False) -> ImportReport:
     """Convert a DICOM CT series and its RTSTRUCT into ``out_dir/{ct.nrrd, label.nrrd, info.json}``.
@@ -341,10 +421,7 @@ def import_rtstruct(ct_dir: os.PathLike, rtstruct_path: os.PathLike, out_dir: os
     of reference, or no lung structure; :class:`OutputError` when the case files exist and
     ``overwrite`` is false. The three files are written atomically (temporary names, then renamed).
     """
-    import SimpleITK as sitk
-
     from ..core.imageio import read_ct
-    from ..core.writers import labelmap_image
 
     ct_dir, out_dir = Path(ct_dir), Path(out_dir)
     targets = [out_dir / n for n in CASE_FILES]
@@ -357,52 +434,10 @@ def import_rtstruct(ct_dir: os.PathLike, rtstruct_path: os.PathLike, out_dir: os
     image = read_ct(ct_dir)
     geometry = Geometry.from_sitk(image)
     shape = tuple(int(s) for s in image.GetSize()[::-1])
-
-    ct_frame = _ct_frame_of_reference(ct_dir)
-    frames = {s.frame_of_reference for s in structures if s.frame_of_reference}
-    lung_frames = {s.frame_of_reference for s in structures if names.role(s.name) and s.frame_of_reference}
-    if ct_frame and lung_frames and ct_frame not in lung_frames:
-        raise InputError(f"The lung structures of {Path(rtstruct_path).name} were drawn on another frame of "
-                         f"reference ({', '.join(sorted(lung_frames))}) than the CT in {ct_dir} ({ct_frame}): "
-                         "give the CT series the structure set belongs to.")
-
+    frame_warnings: List[str] = []
+    _check_frames(structures, names, ct_dir, rtstruct_path, frame_warnings)
     labels, info = labels_from_structures(structures, geometry, shape, names)
-    if not ct_frame or not frames:
-        info["warnings"].append("the CT or the structure set has no frame of reference UID: cannot check that "
-                                "they belong together")
-    voxel_ml = geometry.voxel_volume_ml()
-    right, left = labels == by_side("right").value, labels == by_side("left").value
-    cx_r, cx_l = _centroid_x(right, geometry), _centroid_x(left, geometry)
-    consistent = None if cx_r is None or cx_l is None else bool(cx_r < cx_l)
-    if consistent is False:
-        info["warnings"].append("the 'right' lung lies to the patient's left of the 'left' lung (LPS x of the "
-                                "centroids): check the structure names or the CT orientation")
-    report = ImportReport(
-        case=out_dir.name, patient_id=patient_id, ct_source=str(ct_dir), rtstruct_file=str(rtstruct_path),
-        shape_zyx=list(shape), spacing_xyz=[float(s) for s in geometry.spacing],
-        origin=[float(o) for o in geometry.origin], direction=[float(d) for d in geometry.direction.ravel()],
-        rtstruct_rois=[s.name for s in structures], used_right=info["used_right"], used_left=info["used_left"],
-        used_combined=info["used_combined"], ignored_rois=info["ignored_rois"],
-        contours_drawn=info["contours_drawn"], contours_skipped=info["contours_skipped"],
-        duplicates_dropped=info["duplicates_dropped"], skipped_details=info["skipped_details"],
-        overlap_voxels=info["overlap_voxels"], vol_right_ml=round(float(right.sum()) * voxel_ml, 1),
-        vol_left_ml=round(float(left.sum()) * voxel_ml, 1),
-        slices_with_lung=int((labels > 0).any(axis=(1, 2)).sum()), centroid_x_right=cx_r,
-        centroid_x_left=cx_l, lr_consistent_LPS=consistent, warnings=info["warnings"],
-        files=[str(p) for p in targets])
-
-    ct_image = image
-    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
-        values = sitk.GetArrayViewFromImage(image)
-        if np.all(values == np.round(values)) and values.min() >= -32768 and values.max() <= 32767:
-            ct_image = sitk.Cast(image, sitk.sitkInt16)  # HU are whole numbers: keep the file small
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:  # all three written before any is renamed into place
-        with atomic_path(targets[0]) as ct_tmp, atomic_path(targets[1]) as label_tmp, \
-                atomic_path(targets[2]) as info_tmp:
-            sitk.WriteImage(ct_image, str(ct_tmp), useCompression=True)
-            sitk.WriteImage(labelmap_image(labels, geometry), str(label_tmp), useCompression=True)
-            info_tmp.write_text(json.dumps(report.to_info(), indent=1) + "\n", encoding="utf-8")
-    except (RuntimeError, OSError) as exc:
-        raise OutputError(f"Could not write the case into {out_dir}: {str(exc).strip().splitlines()[-1]}") from exc
+    info["warnings"] += frame_warnings
+    report = _report(labels, info, geometry, structures, patient_id, ct_dir, rtstruct_path, out_dir, targets)
+    _write_case(image, labels, geometry, report, out_dir, targets)
     return report
