@@ -226,3 +226,17 @@ def test_sheared_direction_is_refused_with_exit_3_not_a_traceback(tmp_path, caps
 def test_sheared_simpleitk_image_is_refused_by_the_api_checks():
     with pytest.raises(InputError, match="non-orthogonal"):
         validate_ct_image(sheared(sitk.Image(8, 8, 4, sitk.sitkInt16)))
+
+
+def test_a_sheared_grid_given_as_numbers_is_bad_input_and_a_value_error():
+    """The NumPy API (direction=) and Slicer's IJK-to-RAS matrix meet the same refusal (exit 3), still a
+    ValueError for Python callers."""
+    c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
+    direction = [[1.0, s, 0.0], [0.0, c, 0.0], [0.0, 0.0, 1.0]]
+    with pytest.raises(InputError, match="sheared by 20.0 degrees") as info:
+        Geometry((0.8, 0.8, 2.0), direction=direction)
+    assert isinstance(info.value, ValueError) and info.value.exit_code == 3
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = np.diag([-0.8, -0.8, 2.0]) @ np.array(direction)
+    with pytest.raises(InputError, match="non-orthogonal"):
+        Geometry.from_ijk_to_ras(ijk_to_ras)

@@ -19,8 +19,37 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import InputError
+
 # LPS <-> RAS flips the first two axes.
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+class GeometryError(InputError, ValueError):
+    """A voxel grid LungSeg cannot work on (spacing not positive, direction not orthonormal): bad input
+    (exit code 3) for the command line, and a ``ValueError`` for Python callers."""
+
+
+def direction_problem(direction: np.ndarray) -> Optional[str]:
+    """Why a 3x3 direction matrix (columns = axis directions) is not an orthonormal grid, or None.
+
+    A sheared grid (axes not perpendicular) or scaled axes would make voxels other than boxes, which
+    the slice-by-slice segmentation and the volumes in mL assume.
+    """
+    d = np.asarray(direction, dtype=float)
+    if d.shape != (3, 3) or not np.all(np.isfinite(d)):
+        return (f"an invalid direction matrix ({d.ravel().tolist()}): it needs three finite axis "
+                "directions. Fix the header (space directions / TransformMatrix)")
+    if np.allclose(d.T @ d, np.eye(3), atol=1e-3):
+        return None
+    norms = np.linalg.norm(d, axis=0)
+    unit = d / np.where(norms > 0, norms, 1.0)
+    cosines = np.abs(unit.T @ unit - np.eye(3))
+    shear = float(np.degrees(np.arcsin(np.clip(cosines.max(), 0.0, 1.0))))
+    return (f"a non-orthogonal direction matrix: its image axes are sheared by {shear:.1f} degrees (axis "
+            "lengths " + ", ".join(f"{n:.3g}" for n in norms) + "), so its voxels are not boxes. LungSeg "
+            "needs an orthogonal grid: resample the image onto one (e.g. 3D Slicer's Resample Scalar Volume) "
+            "or fix the header's space directions")
 
 
 @dataclass(frozen=True)
@@ -44,10 +73,10 @@ class Geometry:
         if len(spacing) != 3 or len(origin) != 3:
             raise ValueError("spacing and origin need 3 values (i, j, k / x, y, z)")
         if not all(np.isfinite(spacing)) or min(spacing) <= 0:
-            raise ValueError(f"voxel spacing must be positive and finite, got {spacing} mm")
-        orthonormal = np.allclose(direction.T @ direction, np.eye(3), atol=1e-3)
-        if not np.all(np.isfinite(direction)) or not orthonormal:
-            raise ValueError("direction must be an orthonormal 3x3 matrix (columns = axis directions)")
+            raise GeometryError(f"The voxel spacing must be positive and finite, got {spacing} mm.")
+        problem = direction_problem(direction)
+        if problem:
+            raise GeometryError(f"The image has {problem}.")
         object.__setattr__(self, "spacing", spacing)
         object.__setattr__(self, "origin", origin)
         object.__setattr__(self, "direction", direction)

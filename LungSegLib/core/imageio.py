@@ -11,6 +11,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from .compressed import verify_compressed_input
+from .geometry import direction_problem
 
 _CT_MODALITIES = {"CT"}
 
@@ -180,22 +181,10 @@ def validate_ct_image(image: sitk.Image, name: str = "the image") -> None:
 
 def check_direction(direction: np.ndarray, name: str = "the image") -> None:
     """Refuse a direction matrix whose axes are not perpendicular unit vectors (a sheared or scaled
-    grid, or NaN): LungSeg's slices and volumes assume an orthogonal voxel grid."""
-    d = np.asarray(direction, dtype=float)
-    if d.shape != (3, 3) or not np.all(np.isfinite(d)):
-        raise InputError(f"{name} has an invalid direction matrix ({d.ravel().tolist()}): it needs three "
-                         "finite axis directions. Fix the header (space directions / TransformMatrix).")
-    if np.allclose(d.T @ d, np.eye(3), atol=1e-3):
-        return
-    norms = np.linalg.norm(d, axis=0)
-    unit = d / np.where(norms > 0, norms, 1.0)
-    cosines = np.abs(unit.T @ unit - np.eye(3))
-    shear = float(np.degrees(np.arcsin(np.clip(cosines.max(), 0.0, 1.0))))
-    raise InputError(
-        f"{name} has a non-orthogonal direction matrix: its image axes are sheared by {shear:.1f} degrees "
-        "(lengths " + ", ".join(f"{n:.3g}" for n in norms) + "), so its voxels are not boxes. LungSeg "
-        "needs an orthogonal grid: resample the image onto one (e.g. 3D Slicer's Resample Scalar Volume) "
-        "or fix the header's space directions.")
+    grid, or NaN) with :class:`InputError`: LungSeg's slices and volumes assume an orthogonal grid."""
+    problem = direction_problem(direction)
+    if problem:
+        raise InputError(f"{name} has {problem}.")
 
 
 def as_3d(image: sitk.Image) -> sitk.Image:
