@@ -38,6 +38,7 @@ import numpy as np
 from ..defaults import GRID_PIXEL_MM
 from ..errors import InputError
 from ..labels import LUNG_LABELS
+from .counts import label_counts
 from .geometry import Geometry, canonical_orientation
 
 #: Every finding code and what it means (the public list; codes are never renamed).
@@ -188,7 +189,7 @@ def result_findings(labels: np.ndarray, geometry: Geometry) -> List[Finding]:
     in-plane image border."""
     labels = np.asarray(labels)
     voxel_ml = geometry.voxel_volume_ml()
-    counts = np.bincount(labels.ravel(), minlength=max(l.value for l in LUNG_LABELS) + 1)
+    counts = label_counts(labels, max(l.value for l in LUNG_LABELS) + 1)  # bounded memory
     volumes = {l.key: float(counts[l.value]) * voxel_ml for l in LUNG_LABELS}
     names = {l.key: l.name.lower() for l in LUNG_LABELS}
     if not any(volumes.values()):

@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_limits
 from ..defaults import BATCH_SIZE
 from ..errors import Cancelled, InputError
 from ..labels import MAX_LABEL, volume_names
+from .counts import label_counts
 from .confidence import ConfidenceOptions, SliceConfidence, SliceScorer
 from .geometry import Geometry
 from .checks import Finding, check_spacing, input_findings, result_findings
@@ -130,7 +131,7 @@ class SegmentationResult:
     def volumes_ml(self) -> Dict[str, float]:
         """Lung volumes in mL."""
         voxel = self.geometry.voxel_volume_ml()
-        counts = np.bincount(self.labels.ravel(), minlength=MAX_LABEL + 1)
+        counts = label_counts(self.labels, MAX_LABEL + 1)  # not bincount: 8 bytes per voxel
         return {name: float(counts[value] * voxel) for value, name in volume_names().items()}
 
 
@@ -389,10 +390,9 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
     if binary:
         canonical_labels[...] = split_by_side(canonical_labels > 0)
     if postprocess_options is not None:
-        work = np.ascontiguousarray(canonical_labels)
-        # the canonical CT (a view) lets the HU-based steps (airways, boundary fat) run
-        postprocess(work, postprocess_options, ct=canonical, spacing=orientation.spacing_zyx)
-        canonical_labels[...] = work
+        # in place on the canonical view (a copy would cost a byte per voxel; the steps work on the
+        # lungs' box and accept any strides); the canonical CT (a view) lets the HU-based steps run
+        postprocess(canonical_labels, postprocess_options, ct=canonical, spacing=orientation.spacing_zyx)
     timings["postprocess"] = time.perf_counter() - t4
     if non_finite:
         clear_non_finite(volume, labels)  # outside the field of view: never lung, whatever the clean-up
