@@ -277,7 +277,6 @@ def _run_evaluate(args) -> int:
 
     from tqdm import tqdm
 
-    from .evaluation import evaluate
     from .evaluation.cases import find_ground_truth
     from .evaluation.report import check_outputs, format_table, write_reports
     from .errors import InputError
@@ -301,39 +300,9 @@ def _run_evaluate(args) -> int:
                desc="Evaluating", disable=args.quiet, file=sys.stderr)
     try:
         if use_model:
-            from .api import LungSegmenter
-
-            save_dir = Path(args.out) / "predictions" if args.save_predictions else None
-            if save_dir is not None and not args.overwrite:
-                taken = [c.name for c in cases if (save_dir / f"{c.name}.seg.nrrd").exists()]
-                if taken:
-                    from .errors import OutputError
-
-                    raise OutputError(f"{save_dir} already holds predictions for {', '.join(taken)}; "
-                                      "pass --overwrite to replace them.")
-            segmenter = LungSegmenter(None if source == "bundled" else source, batch_size=args.batch_size,
-                                      threads=args.threads, postprocess=not args.no_postprocess)
-
-            def progress(done: int, total: int) -> None:
-                if bar.total != total:
-                    bar.reset(total=total)
-                bar.update(done - bar.n)
-
-            report, worst = evaluate.evaluate_model(
-                segmenter, args.ground_truth, args.cases, on_case=bar.set_description, progress=progress,
-                save_dir=save_dir, overwrite=args.overwrite)
+            report, worst = _evaluate_model(args, source, cases, bar)
         else:
-            started: List[str] = []
-
-            def next_case(name: str) -> None:
-                if started:
-                    bar.update(1)
-                started.append(name)
-                bar.set_description(name)
-
-            report, worst = evaluate.evaluate_predictions(source, args.ground_truth, args.cases,
-                                                          on_case=next_case)
-            bar.update(len(cases) - bar.n)
+            report, worst = _evaluate_folder(args, source, cases, bar)
     finally:
         bar.close()
     if not args.quiet:
@@ -343,6 +312,49 @@ def _run_evaluate(args) -> int:
         if not args.quiet:
             print("Wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _evaluate_model(args, source: str, cases, bar):
+    """``lungseg evaluate MODEL``: run the model on each case's CT (progress in slices on ``bar``)."""
+    from pathlib import Path
+
+    from .api import LungSegmenter
+    from .errors import OutputError
+    from .evaluation import evaluate
+
+    save_dir = Path(args.out) / "predictions" if args.save_predictions else None
+    if save_dir is not None and not args.overwrite:
+        taken = [c.name for c in cases if (save_dir / f"{c.name}.seg.nrrd").exists()]
+        if taken:
+            raise OutputError(f"{save_dir} already holds predictions for {', '.join(taken)}; "
+                              "pass --overwrite to replace them.")
+    segmenter = LungSegmenter(None if source == "bundled" else source, batch_size=args.batch_size,
+                              threads=args.threads, postprocess=not args.no_postprocess)
+
+    def progress(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.reset(total=total)
+        bar.update(done - bar.n)
+
+    return evaluate.evaluate_model(segmenter, args.ground_truth, args.cases, on_case=bar.set_description,
+                                   progress=progress, save_dir=save_dir, overwrite=args.overwrite)
+
+
+def _evaluate_folder(args, source: str, cases, bar):
+    """``lungseg evaluate PRED_DIR``: score a folder of predictions (progress in cases on ``bar``)."""
+    from .evaluation import evaluate
+
+    started: List[str] = []
+
+    def next_case(name: str) -> None:
+        if started:
+            bar.update(1)
+        started.append(name)
+        bar.set_description(name)
+
+    result = evaluate.evaluate_predictions(source, args.ground_truth, args.cases, on_case=next_case)
+    bar.update(len(cases) - bar.n)
+    return result
 
 
 def _add_import_rt_parser(sub) -> None:
