@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ..defaults import BATCH_SIZE
+from ..defaults import BATCH_SIZE, GRID_PIXEL_MM, PRECISIONS
 from ..errors import Cancelled, InputError
 from ..labels import MAX_LABEL, volume_names
 from .counts import label_counts
@@ -275,7 +275,7 @@ class InputCheck:
 
 
 def check_input(volume: np.ndarray, geometry: Geometry, *, check_hu: bool = True,
-                grid_pixel_mm: float = 1.5) -> InputCheck:
+                grid_pixel_mm: float = GRID_PIXEL_MM) -> InputCheck:
     """Refuse an input that cannot be segmented (:class:`InputError`), before any model is loaded.
 
     Needs only NumPy: ``lungseg segment`` runs it before TensorFlow starts. ``grid_pixel_mm`` is the
@@ -359,8 +359,8 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
         raise ValueError("batch_size must be at least 1")
     if compute_dtype == "auto":
         compute_dtype = "bfloat16" if native_bfloat16() else "float32"
-    if compute_dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"compute_dtype must be 'float32', 'bfloat16' or 'auto', not {compute_dtype!r}")
+    if compute_dtype not in PRECISIONS or compute_dtype == "auto":
+        raise ValueError(f"compute_dtype must be one of {', '.join(PRECISIONS)}, not {compute_dtype!r}")
     timings: Dict[str, float] = {}
     t0 = time.perf_counter()
     if checked is None:
