@@ -328,9 +328,20 @@ def segment_item(segmenter, item: BatchItem, output_root: Path, fmt: str, *, rep
     finally:
         if cleanup is not None:
             shutil.rmtree(cleanup, ignore_errors=True)
+        _end_of_commit()
     if row.status == "failed":
         row.seconds = f"{time.perf_counter() - t0:.2f}"
     return row
+
+
+def _end_of_commit() -> None:
+    """This CT's outputs are renamed into place: let SIGTERM/Ctrl-C interrupt the batch again (the CLI
+    holds signals back while a run's outputs are being committed, :func:`.core.outputs.committing`)."""
+    try:
+        from .core.outputs import reset_committing
+    except ImportError:
+        return
+    reset_committing()
 
 
 def _report_output(segmenter, source: Path, output: Path):
@@ -618,6 +629,12 @@ def batch_main(args) -> int:
     try:
         outcome = run_batch(args.input_root, args.output_root, config, jobs=args.jobs, shard_spec=shard_spec,
                             include=include, on_row=on_row, on_start=on_start)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (the CLI turns it into this)
+        bar.close()
+        print(f"lungseg batch: interrupted; the CTs finished so far are kept (see "
+              f"{Path(args.output_root) / summary_name(shard_spec)}), no partial output was left. Run the same "
+              "command again to continue.", file=sys.stderr)
+        return 130
     finally:
         bar.close()
     if not args.quiet:

@@ -240,24 +240,37 @@ def _batch_command(tree: Path, out: Path, model: Path, *extra: str) -> list:
 
 
 def test_killed_batch_resumes_to_the_same_outputs(tree, reference, oracle_model_path, tmp_path):
-    """A real `lungseg batch` process killed with SIGKILL after its first CT, then run again (with two
-    worker processes): no half-written output at any time, and the end result equals one clean run."""
+    """A real `lungseg batch` process stopped with SIGTERM after its first CT, run again and killed with
+    SIGKILL after one more, then run a third time (with two worker processes): no half-written output at any
+    time, and the end result equals one clean run byte for byte."""
     ref, ref_outcome = reference
     out = tmp_path / "out"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(_batch_command(tree, out, oracle_model_path, "--threads", "1"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300
-    try:
-        while not list(out.rglob("*" + ".lungseg.json")) and proc.poll() is None:
-            assert time.monotonic() < deadline, "the batch wrote no output in 300 s"
-            time.sleep(0.01)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+
+    def start_and_stop(sig: int, markers: int):
+        """Start the batch, send ``sig`` once ``markers`` outputs are complete: (exit code, stderr)."""
+        proc = subprocess.Popen(_batch_command(tree, out, oracle_model_path, "--threads", "1"), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        try:
+            while len(list(out.rglob("*.lungseg.json"))) < markers and proc.poll() is None:
+                assert time.monotonic() < deadline, "the batch wrote no output in 300 s"
+                time.sleep(0.01)
+        finally:
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=120)
+        return proc.returncode, err
+
+    # SIGTERM (a scheduler's stop; Ctrl-C alike) after the first CT: exit 130, the CTs done are kept
+    code, err = start_and_stop(signal.SIGTERM, 1)
+    assert code == 130, err[-2000:]
+    assert "Run the same command again" in err
+    assert 1 <= len(list(out.rglob("*.lungseg.json"))) < 4
+    # SIGKILL (nothing runs on the way out) after one more CT
+    code, err = start_and_stop(signal.SIGKILL, len(list(out.rglob("*.lungseg.json"))) + 1)
+    assert code == -signal.SIGKILL, err[-2000:]
     done_before = list(out.rglob("*.lungseg.json"))  # markers: written after each complete output
-    assert 1 <= len(done_before) < 4, "the kill should land in the middle of the batch"
+    assert 2 <= len(done_before) < 4, "the kill should land in the middle of the batch"
     for name in outputs_of(out):  # whatever was visible after the kill is a complete image
         assert sitk.ReadImage(str(out / name)).GetSize() == (128, 128, 6)
     resumed = subprocess.run(_batch_command(tree, out, oracle_model_path, "--jobs", "2"), env=env,
