@@ -315,6 +315,35 @@ def _write_slices(canonical_labels: np.ndarray, resampler, binary: bool, indices
         canonical_labels[k, rows, cols] = out[n]
 
 
+def _checked_arguments(volume: np.ndarray, batch_size: int, compute_dtype: str) -> str:
+    """Refuse a volume that is not a 3-D numeric array or a bad batch size or precision; return the
+    precision to compute in ("auto" resolved for this CPU)."""
+    if volume.ndim != 3:
+        raise InputError(f"Expected a 3-D volume, got an array of shape {volume.shape}.")
+    if not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)):
+        raise InputError(f"Expected a numeric CT volume, got dtype {volume.dtype}.")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if compute_dtype == "auto":
+        compute_dtype = "bfloat16" if native_bfloat16() else "float32"
+    if compute_dtype not in PRECISIONS or compute_dtype == "auto":
+        raise ValueError(f"compute_dtype must be one of {', '.join(PRECISIONS)}, not {compute_dtype!r}")
+    return compute_dtype
+
+
+def _clean_up(canonical_labels: np.ndarray, prepared, binary: bool,
+              postprocess_options: Optional[PostprocessOptions]) -> None:
+    """Sides for a binary model's lung mask, then the post-processing steps, in place on the canonical
+    labels."""
+    if binary:
+        canonical_labels[...] = split_by_side(canonical_labels > 0)
+    if postprocess_options is not None:
+        # in place on the canonical view (a copy would cost a byte per voxel; the steps work on the
+        # lungs' box and accept any strides); the canonical CT (a view) lets the HU-based steps run
+        postprocess(canonical_labels, postprocess_options, ct=prepared.canonical,
+                    spacing=prepared.orientation.spacing_zyx)
+
+
 def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
                   batch_size: int = BATCH_SIZE, postprocess_options: Optional[PostprocessOptions] = PostprocessOptions(),
                   check_hu: bool = True, progress: Optional[ProgressCallback] = None,
@@ -351,16 +380,7 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
         A :class:`SegmentationResult` whose ``labels`` (uint8) lie on exactly the input grid.
     """
     volume = np.asarray(volume)
-    if volume.ndim != 3:
-        raise InputError(f"Expected a 3-D volume, got an array of shape {volume.shape}.")
-    if not (np.issubdtype(volume.dtype, np.integer) or np.issubdtype(volume.dtype, np.floating)):
-        raise InputError(f"Expected a numeric CT volume, got dtype {volume.dtype}.")
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    if compute_dtype == "auto":
-        compute_dtype = "bfloat16" if native_bfloat16() else "float32"
-    if compute_dtype not in PRECISIONS or compute_dtype == "auto":
-        raise ValueError(f"compute_dtype must be one of {', '.join(PRECISIONS)}, not {compute_dtype!r}")
+    compute_dtype = _checked_arguments(volume, batch_size, compute_dtype)
     timings: Dict[str, float] = {}
     t0 = time.perf_counter()
     if checked is None:
@@ -387,12 +407,7 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
         raise Cancelled("Segmentation cancelled; nothing was written.")
 
     t4 = time.perf_counter()
-    if binary:
-        canonical_labels[...] = split_by_side(canonical_labels > 0)
-    if postprocess_options is not None:
-        # in place on the canonical view (a copy would cost a byte per voxel; the steps work on the
-        # lungs' box and accept any strides); the canonical CT (a view) lets the HU-based steps run
-        postprocess(canonical_labels, postprocess_options, ct=canonical, spacing=orientation.spacing_zyx)
+    _clean_up(canonical_labels, prepared, binary, postprocess_options)
     timings["postprocess"] = time.perf_counter() - t4
     if non_finite:
         clear_non_finite(volume, labels)  # outside the field of view: never lung, whatever the clean-up
