@@ -236,9 +236,8 @@ class _Run:
         # The shipped file is the bare network: no optimizer state or custom loss to deserialise.
         clean = keras.Model.from_config(keras_model.get_config())  # clone_model would copy the optimizer
         clean.set_weights(keras_model.get_weights())
-        tmp = self.dir / ".best.tmp.keras"
-        clean.save(tmp)
-        os.replace(tmp, self.best_path)
+        with atomic_path(self.best_path) as tmp:
+            clean.save(tmp)
         card = self.card(keras_model)
         write_card(self.best_path, card)
         # ...and the same weights in the shipped, Keras-version-independent format (named arrays)
