@@ -21,6 +21,7 @@ import numpy as np
 from .. import __version__
 from ..errors import InputError, OutputError
 from ..labels import LUNG_LABELS, Code, Label
+from .atomic import atomic_path
 from .geometry import Geometry
 
 #: The output format name (``--format dcm``) and the file extension it is recognised by.
@@ -218,16 +219,11 @@ def write_dicom_seg(labels: np.ndarray, geometry: Geometry, source_files: Sequen
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"Cannot create the folder for {path}: {exc.strerror or exc}") from exc
-    # atomic: a hidden temporary file in the target folder, renamed into place when complete
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.dcm")
     try:
-        seg.save_as(str(tmp))
-        os.replace(tmp, path)
+        with atomic_path(path, ".dcm") as tmp:
+            seg.save_as(str(tmp))
     except OSError as exc:
         raise OutputError(f"Could not write {path}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
