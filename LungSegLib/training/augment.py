@@ -3,14 +3,17 @@
 Everything works on one ``size`` x ``size`` slice with NumPy/SciPy and costs a few milliseconds, since
 the CPU that feeds the network is the bottleneck. Geometric changes move image and labels together
 (labels with nearest neighbour); a left/right mirror also swaps the right (1) and left (2) labels, so
-"right lung" stays the lung on the patient's right. Simulated disease (consolidation, pleural
-effusion-like fluid at the posterior base, nodules) is painted *inside* the lung with its label kept
-as lung: dense lung is still lung, which is what clinical lung contours include.
+"right lung" stays the lung on the patient's right. Simulated disease (consolidation, nodules) is
+painted *inside* the lung with its label kept as lung: dense lung is still lung (the label convention,
+``Resources/Models/MODEL_CARD.md``). Where it touches the lung's outer boundary it is denser than fat
+(≥ −30 HU, hard edge), so the network is never taught that fat-density tissue at the border is lung;
+lookalikes that are *not* lung (fat pads, gas pockets, pleural effusion) are painted as background by
+:mod:`.negatives`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -18,6 +21,7 @@ from scipy import ndimage
 from ..core.intensity import hu_to_unit
 from ..defaults import HU_WINDOW
 from ..labels import LEFT, RIGHT
+from .negatives import negative_example, outer_boundary
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class AugmentConfig:
     p_elastic: float = 0.3
     elastic_px: float = 6.0
     p_pathology: float = 0.5
+    p_negative: float = 0.3
     p_intensity: float = 0.8
     hu_shift: float = 40.0
     contrast: Tuple[float, float] = (0.85, 1.15)
@@ -94,16 +99,29 @@ def _blob(shape: Tuple[int, int], centre: Tuple[float, float], radius: float, rn
     return dist + roughness * noise < 1.0
 
 
+#: The lowest density painted disease may have where it touches the lung's outer boundary: clearly
+#: above fat (−150..−50 HU), so "fat-density at the border" is never taught as lung.
+BORDER_MIN_HU = -30.0
+
+
 def _paint(image: np.ndarray, region: np.ndarray, hu: Tuple[float, float], rng: np.random.Generator,
-           cfg: AugmentConfig) -> None:
-    """Fill ``region`` with a textured density in the ``hu`` range, its edge softened by ~1 pixel."""
+           cfg: AugmentConfig, border: Optional[np.ndarray] = None) -> None:
+    """Fill ``region`` with a textured density in the ``hu`` range, its edge softened by ~1 pixel.
+
+    Where ``region`` meets ``border`` (the lung's outer boundary) the density is at least
+    :data:`BORDER_MIN_HU` and the edge is hard.
+    """
     if not region.any():
         return
+    if border is not None and (region & border).any():
+        hu = (max(hu[0], BORDER_MIN_HU), max(hu[1], BORDER_MIN_HU + 10.0))
     width = cfg.hu_window[1] - cfg.hu_window[0]
     value = hu_to_unit(rng.uniform(*hu), cfg.hu_window)
     texture = rng.normal(0.0, 12.0 / width, image.shape).astype(np.float32)
     # soft rim, but only inside the region: the painted density never leaves the lung
     alpha = np.where(region, np.clip(1.5 * ndimage.gaussian_filter(region.astype(np.float32), 0.7), 0, 1), 0)
+    if border is not None:
+        alpha[region & border] = 1.0  # against the pleura: no fat-density blend of lesion and air
     image += alpha * (value + texture - image)
 
 
@@ -112,22 +130,27 @@ def pathology(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     """Paint one kind of simulated disease inside the lung (labels are left unchanged).
 
     * consolidation / atelectasis: irregular blobs of −100..+60 HU;
-    * effusion-like fluid: the posterior (dependent) part of one lung at 0..+30 HU with a curved
+    * dependent atelectasis: the posterior (dependent) part of one lung at +20..+60 HU with a curved
       upper border (in the canonical slice rows grow towards posterior);
     * nodules: 1–5 round lesions of 3–20 mm at −50..+80 HU, some against the pleura.
+
+    Lesions touching the lung's outer boundary (2 pixels) are at least :data:`BORDER_MIN_HU` dense.
     """
     lung = labels > 0
     if lung.sum() < 200:
         return image
     image = image.copy()
-    kind = rng.choice(("consolidation", "effusion", "nodules"), p=(0.45, 0.3, 0.25))
+    kind = rng.choice(("consolidation", "dependent", "nodules"), p=(0.45, 0.3, 0.25))
     rows, cols = np.nonzero(lung)
+    border = outer_boundary(labels, 2)
     if kind == "consolidation":
         for _ in range(int(rng.integers(1, 3))):
             k = int(rng.integers(rows.size))
             region = _blob(lung.shape, (rows[k], cols[k]), rng.uniform(8, 40), rng, 0.35) & lung
-            _paint(image, region, (-100.0, 60.0), rng, cfg)
-    elif kind == "effusion":
+            _paint(image, region, (-100.0, 60.0), rng, cfg, border)
+    elif kind == "dependent":
+        # dependent atelectasis / consolidation of a lung's posterior part (inside the pleura: lung;
+        # pleural *fluid* there is not lung and is painted as background by .negatives)
         side = (labels == rng.choice((RIGHT, LEFT))) if rng.random() < 0.8 else lung
         if side.sum() < 200:
             side = lung
@@ -136,12 +159,12 @@ def pathology(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
         col_pos = np.linspace(-1, 1, lung.shape[1])
         level = r.max() - depth + rng.uniform(0.0, 0.4) * depth * col_pos[None, :] ** 2 * rng.choice((-1, 1))
         region = side & (np.arange(lung.shape[0])[:, None] > level)
-        _paint(image, region, (0.0, 30.0), rng, cfg)
+        _paint(image, region, (20.0, 60.0), rng, cfg, border)
     else:
         for _ in range(int(rng.integers(1, 6))):
             k = int(rng.integers(rows.size))
             region = _blob(lung.shape, (rows[k], cols[k]), rng.uniform(1.0, 6.5), rng, 0.1) & lung
-            _paint(image, region, (-50.0, 80.0), rng, cfg)
+            _paint(image, region, (-50.0, 80.0), rng, cfg, border)
     return np.clip(image, 0.0, 1.0)
 
 
@@ -156,6 +179,8 @@ class Augmenter:
         cfg = self.cfg
         if rng.random() < cfg.p_pathology:
             image = pathology(image, labels, rng, cfg)  # before warping, so lesions warp with the lung
+        if rng.random() < cfg.p_negative:
+            image, labels = negative_example(image, labels, rng, cfg.hu_window)
         if rng.random() < cfg.p_flip:
             image, labels = flip_left_right(image, labels)
         if rng.random() < cfg.p_spatial:

@@ -45,7 +45,9 @@ class TrainConfig:
     """The training recipe. Sizes in pixels of the model grid; ``max_minutes`` caps wall-clock time
     (checked after each epoch, 0 = no cap). ``select`` is which epoch becomes ``best.keras``: "best"
     (the monitored score) or "last" (when the validation cases are really a test set, as in
-    leave-one-patient-out, choosing an epoch on them would flatter the score)."""
+    leave-one-patient-out, choosing an epoch on them would flatter the score). ``init`` starts from
+    existing weights ("bundled" or a model path; :mod:`.finetune`) instead of random ones; the
+    input grid and architecture then come from that model."""
 
     n_classes: int = 3
     loss: str = "ce_dice"
@@ -65,6 +67,7 @@ class TrainConfig:
     size: int = GRID_SIZE
     pixel_mm: float = GRID_PIXEL_MM
     hu_window: Tuple[float, float] = HU_WINDOW
+    init: str = ""
     augment_config: AugmentConfig = field(default_factory=AugmentConfig)
 
     @property
@@ -262,7 +265,7 @@ class _Run:
                          "schedule": f"cosine decay to {cfg.min_learning_rate} over epochs x steps",
                          "batch_size": cfg.batch_size, "steps_per_epoch": cfg.steps_per_epoch,
                          "epochs_planned": cfg.epochs, "epoch": state.get("best_epoch"),
-                         "seed": cfg.seed, "lung_fraction": cfg.lung_fraction,
+                         "seed": cfg.seed, "lung_fraction": cfg.lung_fraction, "init": cfg.init or None,
                          "augmentation": asdict(cfg.augment_config) if cfg.augment else None,
                          "selected_by": ("last epoch" if cfg.select == "last"
                                          else f"{'max' if self.maximize else 'min'} {self.monitor}"),
@@ -335,6 +338,11 @@ def train(cases_dir: os.PathLike, run_dir: os.PathLike, config: Optional[TrainCo
     if config.n_classes not in (1, 3):
         raise InputError(f"--classes must be 1 or 3, got {config.n_classes}")
     SegmentationLoss(config.loss, config.n_classes)  # refuse a bad loss before the slow parts
+    init_model = None
+    if config.init and not resume:
+        from .finetune import initial_model
+
+        init_model = initial_model(config.init, config)  # sets the grid/architecture of config
     spec = config.spec
 
     cases = find_cases(cases_dir)
@@ -359,6 +367,10 @@ def train(cases_dir: os.PathLike, run_dir: os.PathLike, config: Optional[TrainCo
     if resume:
         keras_model = keras.models.load_model(run_dir / "last.keras", compile=True, safe_mode=True)
         log(f"Resuming {run_dir} after epoch {state['epoch']}")
+    elif init_model is not None:
+        keras_model = init_model
+        _compile(keras_model, config)
+        log(f"Starting from the weights of {config.init}")
     else:
         keras_model = build_unet(size=spec.size, n_classes=config.n_classes,
                                  base_filters=config.base_filters, depth=config.depth)
