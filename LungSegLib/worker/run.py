@@ -65,7 +65,7 @@ def _import_tensorflow():
         raise DependencyError(
             f"TensorFlow cannot be imported ({type(exc).__name__}: {exc}). Install it in this Python "
             "(in 3D Slicer the LungSeg module offers to do it on the first Apply; elsewhere: "
-            "pip install 'tensorflow-cpu>=2.16,<3').") from exc
+            "pip install 'tensorflow-cpu>=2.20,<3' 'keras>=3.10,<4').") from exc
     return tf
 
 
