@@ -19,8 +19,9 @@ What it reports: ``OUTPUT_ROOT/summary.csv`` (or ``summary.shard-<i>-of-<n>.csv`
 joins them), rewritten atomically after every CT: input, status, volumes (mL), warnings, seconds.
 
 How it uses the machine: every process loads the model once and keeps it for all its CTs; ``--jobs N``
-starts N worker processes, each pinned to its own share of the cores (TensorFlow, OpenMP and BLAS
-thread pools sized to that share), so the workers do not oversubscribe the CPU.
+starts N worker processes, each with its share of the cores (TensorFlow, OpenMP and BLAS thread pools
+sized to cores/N), so the workers do not oversubscribe the CPU; ``--pin-cores`` also binds each worker to its
+own cores (for dedicated machines: on a shared one a pinned worker cannot use another core that is free).
 """
 from __future__ import annotations
 
@@ -422,6 +423,7 @@ class BatchConfig:
     postprocess: bool = True
     check_hu: bool = True
     report: bool = False
+    pin: bool = False
     cores: List[int] = field(default_factory=list)
 
 
@@ -449,7 +451,8 @@ _worker_state: Dict[str, object] = {}
 
 
 def _init_worker(config: BatchConfig, counter) -> None:
-    """Pool initializer: pin this worker to its cores, size its thread pools, load the model once."""
+    """Pool initializer: size this worker's thread pools (and with ``pin`` bind it to its cores), load the
+    model once."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the pool
@@ -573,7 +576,7 @@ def run_batch(input_root: os.PathLike, output_root: os.PathLike, config: Optiona
             cores = list(range(os.cpu_count() or 1))
         jobs = min(jobs, len(todo))
         config.threads = threads_per_job(jobs, available_cores())
-        config.cores = cores
+        config.cores = cores if config.pin else []
         context = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
         counter = context.Value("i", 0)
         pool = context.Pool(jobs, initializer=_init_worker, initargs=(config, counter))
@@ -612,7 +615,8 @@ def batch_main(args) -> int:
     shard_spec = parse_shard(args.shard) if args.shard else None
     config = BatchConfig(args.output_root, fmt=args.format, model=args.model, batch_size=args.batch_size,
                          threads=args.threads, postprocess=not args.no_postprocess,
-                         check_hu=not args.no_hu_check, report=args.report)
+                         check_hu=not args.no_hu_check, report=args.report,
+                         pin=bool(getattr(args, "pin_cores", False)))
     bar = tqdm(total=0, unit="CT", desc="Batch", disable=args.quiet, file=sys.stderr, dynamic_ncols=True)
     failed: List[Row] = []
 

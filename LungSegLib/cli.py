@@ -414,8 +414,9 @@ def _add_batch_parser(sub) -> None:
                    help="output format (default seg.nrrd; dcm writes DICOM SEG, for DICOM inputs only)")
     p.add_argument("--report", action="store_true", help="also write <output>.report.json per CT")
     p.add_argument("--jobs", type=_positive_int, default=1,
-                   help="worker processes on this machine, each pinned to its share of the cores "
-                        "(default 1)")
+                   help="worker processes on this machine, each with cores/N threads (default 1)")
+    p.add_argument("--pin-cores", action="store_true",
+                   help="with --jobs: also bind each worker to its own cores (for a dedicated machine)")
     p.add_argument("--shard", metavar="I/N",
                    help="process only shard I of N (0-based; the sorted inputs dealt round-robin), e.g. "
                         "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; writes summary.shard-I-of-N.csv")

@@ -273,7 +273,7 @@ def test_killed_batch_resumes_to_the_same_outputs(tree, reference, oracle_model_
     assert 2 <= len(done_before) < 4, "the kill should land in the middle of the batch"
     for name in outputs_of(out):  # whatever was visible after the kill is a complete image
         assert sitk.ReadImage(str(out / name)).GetSize() == (128, 128, 6)
-    resumed = subprocess.run(_batch_command(tree, out, oracle_model_path, "--jobs", "2"), env=env,
+    resumed = subprocess.run(_batch_command(tree, out, oracle_model_path, "--jobs", "2", "--pin-cores"), env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]  # the corrupt series fails: a result, not an error
     rows = read_summary(out / "summary.csv")
