@@ -133,6 +133,30 @@ def _looks_like_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
+def _unreadable_ct_files(paths: Sequence[Path]) -> List[str]:
+    """Of DICOM files GDCM did not list as an image series: those that are (or may be) CT images it could
+    not parse -- truncated or corrupt. Files whose header names another modality (RTSTRUCT, SR, SEG, a
+    report) are not LungSeg's inputs and are left out; without pydicom to read headers, every such file
+    is reported (better a failed row too many than a CT silently skipped)."""
+    try:
+        import pydicom
+    except ImportError:
+        pydicom = None
+    broken = []
+    for path in paths:
+        if not _looks_like_dicom(path):
+            continue
+        if pydicom is not None:
+            try:
+                modality = str(pydicom.dcmread(str(path), stop_before_pixels=True).get("Modality", "")).upper()
+            except Exception:  # pydicom raises many types for damaged files: all mean "unreadable"
+                modality = ""
+            if modality and modality != "CT":
+                continue
+        broken.append(str(path))
+    return broken
+
+
 def find_inputs(input_root: os.PathLike, *, exclude: Sequence[os.PathLike] = (),
                 include: Sequence[str] = ()) -> List[BatchItem]:
     """Every CT under ``input_root``, sorted by key (see the module docstring).
@@ -165,7 +189,7 @@ def find_inputs(input_root: os.PathLike, *, exclude: Sequence[os.PathLike] = (),
                 series.setdefault(uid, []).extend(members)
                 listed.update(os.path.basename(m) for m in members)
             # DICOM files GDCM cannot parse (truncated, corrupt) must not vanish from the batch silently
-            broken = [str(here / n) for n in candidates if n not in listed and _looks_like_dicom(here / n)]
+            broken = _unreadable_ct_files([here / n for n in candidates if n not in listed])
             if broken:
                 rel = here.relative_to(root).as_posix()
                 files.append(BatchItem(key=f"{rel}#unreadable", kind="unreadable", files=tuple(broken),

@@ -87,8 +87,10 @@ def write_ct_series(image, folder: Path, *, series: int = 1, patient_id: str = "
         ds.RescaleType = "HU"
         ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
         path = folder / names[k]
-        ds.save_as(str(path), enforce_file_format=True) if _pydicom3() else ds.save_as(
-            str(path), write_like_original=False)
+        if _pydicom3():
+            ds.save_as(str(path), enforce_file_format=True)
+        else:  # pydicom 2 (the release for Python 3.9)
+            ds.save_as(str(path), write_like_original=False)
         files.append(path)
     return files
 

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 pytest.importorskip("pydicom")
 
-from dicom_ct import small_ct, write_ct_series  # noqa: E402
+from dicom_ct import _pydicom3, small_ct, write_ct_series  # noqa: E402
 
 from LungSegLib.batch import (BatchConfig, find_inputs, marker_path, merge_summaries, parse_shard,  # noqa: E402
                               read_summary, run_batch, shard, threads_per_job)
@@ -57,8 +57,29 @@ def tree(tmp_path_factory):
     sitk.WriteImage(lower, str(root / "site2" / "p04" / "ct.nii.gz"))
     sitk.WriteImage(sitk.Cast(upper > 0, sitk.sitkUInt8), str(root / "site2" / "p04" / "old.seg.nrrd"))
     write_ct_series(lower, root / "site2" / "p05", series=13)
+    _write_rtstruct(root / "site2" / "p05" / "RS.dcm")  # a DICOM file that is not an image: not an input
     (root / "site2" / "notes.txt").write_text("not a CT\n")
     return root
+
+
+def _write_rtstruct(path: Path) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
+    meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.10.1042.9.1"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "RTSTRUCT"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.1042.9"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.1042.1.1"
+    if _pydicom3():
+        ds.save_as(str(path), enforce_file_format=True)
+    else:
+        ds.save_as(str(path), write_like_original=False)
 
 
 EXPECTED_KEYS = ["site1/p01/ct.nrrd", f"site1/p02/dicom#{SERIES_UID.format(11)}", "site1/p03#unreadable", "site2/p04/ct.nii.gz", f"site2/p05#{SERIES_UID.format(13)}"]
