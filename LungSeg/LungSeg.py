@@ -451,6 +451,8 @@ class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode)(volume)
 
     def _drainLog(self, task) -> None:
+        if task.process is None:  # still writing the input copy
+            return
         for line in task.process.new_log_lines():
             self._log(line)
 
@@ -467,7 +469,9 @@ class LungSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onShow3DToggled(self, show: bool) -> None:
         segmentation = self._parameterNode.outputSegmentation if self._parameterNode else None
         if segmentation is not None and self.task is None:
-            self.logic.setShow3D(segmentation, show)
+            note = self.logic.setShow3D(segmentation, show)
+            if note:
+                self._setStatus(note)
 
     # --- model licence ---------------------------------------------------------------------------------
     def ensureModelLicenseAccepted(self) -> bool:

@@ -294,7 +294,7 @@ def test_a_failure_while_importing_the_result_leaves_no_new_node(mrml_app, ct_in
     def broken_export(*args, **kwargs):
         raise RuntimeError("export failed")
 
-    monkeypatch.setattr(logic, "exportLabelmap", broken_export)
+    monkeypatch.setattr(logic, "_labelmapNode", broken_export)  # the labelmap node step of the import
     with pytest.raises(RuntimeError, match="export failed"):
         logic.segment(volume, exportLabelmap=True)
     assert mrml_app.node_ids() == nodes_before

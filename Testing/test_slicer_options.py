@@ -12,6 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "LungSeg"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from LungSegLib.errors import InputError, ModelError  # noqa: E402
 from LungSegLogicLib.license import (BUNDLED_CARD, MODEL_CARD_URL, ModelLicenseNotAccepted,  # noqa: E402
@@ -62,9 +63,7 @@ def test_panel_messages_never_show_command_line_flags():
     assert panelMessage(InputError("Bad spacing; see --help.")) == "Bad spacing; see."
 
 
-# --- on a real MRML scene ---------------------------------------------------------------------------------
-slicer = pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (no wheel for Python 3.9)")
-
+# --- on a real MRML scene (the mrml_app fixture skips where the slicer-core wheel is missing: Python 3.9) ---
 from LungSegLogicLib import LungSegLogic, volume_array  # noqa: E402
 
 
@@ -92,7 +91,7 @@ def test_non_hu_input_is_refused_in_panel_words_and_accepted_with_checkHU_false(
     nodes_before = mrml_app.node_ids()
     with pytest.raises(InputError) as info:
         logic.segment(shifted_ct)
-    assert info.value.code == "not_hu" and "rescale intercept" in info.value.reason
+    assert info.value.code == "not_hu" and "no air" in info.value.reason and info.value.reason in str(info.value)
     text = panelMessage(info.value)
     assert "Allow non-HU input" in text and "--" not in text
     assert mrml_app.node_ids() == nodes_before
@@ -137,3 +136,42 @@ def test_existing_segmentation_under_another_transform_is_refused_not_moved(mrml
     created = logic.segment(volume)
     assert created.GetTransformNodeID() == moved.GetID()
     assert volume_array(volume).shape == (8, 128, 128)
+
+
+def _surface_mtime(segmentation, segment_id):
+    poly = segmentation.GetSegment(segment_id).GetRepresentation("Closed surface")
+    return None if poly is None else poly.GetMTime()
+
+
+def test_show3d_builds_surfaces_for_the_lung_segments_only(mrml_app, logic, sample_ct_crop):
+    scene = mrml_app.scene
+    volume = mrml_app.load_volume(sample_ct_crop, "Chest CT")
+    # a user's segmentation with another segment and no surfaces: nothing is built for it
+    target = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Planning")
+    target.CreateDefaultDisplayNodes()
+    target.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    seg = target.GetSegmentation()
+    seg.AddEmptySegment("Tumor_id", "Tumor", [1.0, 1.0, 0.0])
+    from test_slicer_logic import _set_mask
+
+    tumor = np.zeros(volume_array(volume).shape, np.uint8)
+    tumor[2:5, 60:70, 60:70] = 1
+    _set_mask(target, "Tumor_id", tumor, volume)
+    logic.segment(volume, target, show3D=True)
+    assert not seg.ContainsRepresentation("Closed surface")
+    assert seg.GetSegment("Tumor_id").GetRepresentation("Closed surface") is None
+    assert [w.code for w in logic.lastOutcome.warnings if w.code == "show3d_skipped"] == ["show3d_skipped"]
+    # the same node once the user built surfaces: a re-run rebuilds the lungs' surfaces, not the Tumor's
+    target.CreateClosedSurfaceRepresentation()
+    tumor_surface = _surface_mtime(seg, "Tumor_id")
+    lung_ids = logic.lungSegmentIds(target)
+    lung_surfaces = {i: _surface_mtime(seg, i) for i in lung_ids.values()}
+    logic.segment(volume, target, show3D=True)
+    assert _surface_mtime(seg, "Tumor_id") == tumor_surface
+    assert all(_surface_mtime(seg, i) != before for i, before in lung_surfaces.items())
+    assert not [w for w in logic.lastOutcome.warnings if w.code == "show3d_skipped"]
+    # hiding hides the lungs only, and removes no representation
+    display = target.GetDisplayNode()
+    assert logic.setShow3D(target, False) is None
+    assert seg.ContainsRepresentation("Closed surface") and display.GetSegmentVisibility3D("Tumor_id")
+    assert not any(display.GetSegmentVisibility3D(i) for i in lung_ids.values())

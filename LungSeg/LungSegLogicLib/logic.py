@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,19 +160,46 @@ class SegmentationTask:
         self._errorEvent: Optional[Dict[str, Any]] = None
         self.modelEvent: Dict[str, Any] = {}
         self.tempDir = Path(tempfile.mkdtemp(prefix="LungSeg-"))
+        #: the worker, once the background starter has written the input and started it (None before)
+        self.process: Optional[WorkerProcess] = None
+        self._startError: Optional[BaseException] = None
+        self._startLock = threading.Lock()
+        self._prepareThread: Optional[threading.Thread] = None
+        self._prepared = None
+        self._prepareError: Optional[BaseException] = None
         try:
             self.inputIJKToRAS = volume_ijk_to_ras(volumeNode)
-            self.inputShape = volume_array(volumeNode).shape
-            inputPath = write_volume(volume_array(volumeNode), self.inputIJKToRAS, self.tempDir / "input.nrrd")
+            # One copy on the main thread (memory speed), so that edits of the volume while the file is
+            # written cannot reach the worker; the 200 MB NRRD write runs on the starter thread.
+            voxels = np.array(volume_array(volumeNode))
+            self.inputShape = voxels.shape
+            inputPath = self.tempDir / "input.nrrd"
             self._outputPath = self.tempDir / "lungs.nrrd"
             # --watch-stdin: the worker stops when the pipe this process holds closes (Cancel, or this
             # application ending in any way); --cleanup-dir: it then removes this folder itself.
             argv = worker_command(logic.pythonExecutable or python_executable(), inputPath, self._outputPath,
                                   watch_stdin=True, cleanup_dir=self.tempDir, **workerOptions)
-            self.process = WorkerProcess(argv, env=logic.workerEnvironment(), cwd=str(self.tempDir))
         except BaseException:
             self._cleanup()
             raise
+        env = logic.workerEnvironment()
+        self._starter = threading.Thread(target=self._start, args=(voxels, inputPath, argv, env),
+                                         name="lungseg-start", daemon=True)
+        self._starter.start()
+
+    def _start(self, voxels: np.ndarray, inputPath: Path, argv: List[str], env: Dict[str, str]) -> None:
+        """Starter thread: write the input copy, then start the worker unless cancelled meanwhile."""
+        try:
+            write_volume(voxels, self.inputIJKToRAS, inputPath)
+            del voxels
+            with self._startLock:
+                if self.cancelled:
+                    self._cleanup()
+                    return
+                self.process = WorkerProcess(argv, env=env, cwd=str(self.tempDir))
+        except BaseException as exc:  # reported by poll() on the main thread
+            self._startError = exc
+            self._cleanup()
 
     @property
     def running(self) -> bool:
@@ -186,6 +214,11 @@ class SegmentationTask:
         in the scene and :attr:`outcome` is set; a failure raises its error (also kept in :attr:`error`)."""
         if not self.running:
             return True
+        if self.process is None:
+            if self._starter.is_alive():
+                return False
+            self.error = self._startError or WorkerError("The segmentation worker could not be started.", 1)
+            raise self.error
         for event in self.process.events():
             kind = event["event"]
             if kind == "progress":
@@ -203,20 +236,47 @@ class SegmentationTask:
                 self._errorEvent = event
         if not self.process.finished:
             return False
+        if self._prepareThread is not None and self._prepareThread.is_alive():
+            return False  # the result is being read and turned into segments off the main thread
         try:
-            if self.process.returncode != 0 or self.doneEvent is None:
-                raise self._failure()
-            self.status = "Loading the result"
-            self._report()
-            self.outcome = self.logic.importResult(self, self._outputPath)
+            if self._prepareThread is None:
+                if self.process.returncode != 0 or self.doneEvent is None:
+                    raise self._failure()
+                self.status = "Loading the result"
+                self._report()
+                self._startPreparing()
+                return False
+            if self._prepareError is not None:
+                raise self._prepareError
+            self.outcome = self.logic.insertResult(self, self._prepared)
             self.status = "Done"
             self._report()
         except Exception as exc:
             self.error = exc
-            raise
-        finally:
             self._cleanup()
+            raise
+        if self.outcome is None:  # preparing started: keep the files until it is read
+            return False
+        self._cleanup()
         return True
+
+    def _startPreparing(self) -> None:
+        """Read the result and build the segments (and surfaces) on a background thread."""
+        from .result import prepareResult
+
+        buildSurfaces, self.show3DNote = self.logic.surfacePlan(self)
+        target = self.segmentationNode
+        parameters = target.GetSegmentation().SerializeAllConversionParameters() if target is not None else ""
+
+        def prepare() -> None:
+            try:
+                self._prepared = prepareResult(self._outputPath, self.inputShape, self.inputIJKToRAS,
+                                               buildSurfaces=buildSurfaces, conversionParameters=parameters)
+            except BaseException as exc:
+                self._prepareError = exc
+
+        self._prepareThread = threading.Thread(target=prepare, name="lungseg-prepare", daemon=True)
+        self._prepareThread.start()
 
     def _failure(self) -> LungSegError:
         details = self.process.stderr_text()
@@ -233,13 +293,22 @@ class SegmentationTask:
         background thread. The scene is left as it was."""
         if not self.running:
             return
-        self.cancelled = True
+        with self._startLock:  # the starter thread either sees this and starts nothing, or has started
+            self.cancelled = True
+            process = self.process
         self.status = "Cancelled"
-        self.process.cancel(then=self._cleanup)
+        if process is not None:
+            process.cancel(then=self._cleanup)
 
     def waitStopped(self, timeout: Optional[float] = None) -> bool:
         """After :meth:`cancel`: wait until the worker tree has ended and the temporary folder is gone."""
-        return self.process.wait_stopped(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._starter.join(timeout)
+        if self._starter.is_alive():
+            return False
+        if self.process is None:
+            return not self.tempDir.exists()
+        return self.process.wait_stopped(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def wait(self, cancelEvent=None, pollInterval: float = 0.1) -> SegmentationOutcome:
         """Poll until the run is over; ``cancelEvent`` (a ``threading.Event`` or a callable) cancels it
@@ -411,19 +480,50 @@ class LungSegLogic:
                 found[name] = segmentId
         return found
 
+    def surfacePlan(self, task) -> "tuple":
+        """(build the lungs' surfaces off the main thread?, note for the user or None).
+
+        Slicer keeps one set of representations for all segments of a node: surfaces are built for the
+        lungs when the node holds nothing else or already has surfaces (then they must come with the
+        lungs anyway); a node with other segments and no surfaces gets none, and the note says why."""
+        target = task.segmentationNode
+        if target is None:
+            return bool(task.show3D), None
+        segmentation = target.GetSegmentation()
+        hasSurfaces = segmentation.ContainsRepresentation("Closed surface")
+        lungIds = set(self.lungSegmentIds(target).values())
+        others = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())
+                  if segmentation.GetNthSegmentID(i) not in lungIds]
+        if hasSurfaces or not others:
+            return bool(task.show3D) or hasSurfaces, None
+        if task.show3D:
+            return False, (f'Show 3D: "{target.GetName()}" also holds {len(others)} other segment(s); LungSeg '
+                           "builds no surfaces for them. Use Show 3D in the Segment Editor to build surfaces "
+                           "for all segments.")
+        return False, None
+
     def importResult(self, task: SegmentationTask, labelmapPath: Path) -> SegmentationOutcome:
-        """Turn the worker's labelmap into lung segments (and the optional labelmap node) in the scene."""
-        labels, ijkToRas = read_labelmap(labelmapPath)
-        if labels.shape != task.inputShape or not np.allclose(ijkToRas, task.inputIJKToRAS, atol=1e-3):
-            raise WorkerError("The worker's labelmap does not lie on the input volume's grid.", 1,
-                              f"shape {labels.shape} vs {task.inputShape}\n{ijkToRas}\nvs\n{task.inputIJKToRAS}")
+        """Turn the worker's labelmap into lung segments (and the optional labelmap node) in the scene, in
+        one go (the task's poll() splits this into :func:`result.prepareResult` on a background thread
+        and :meth:`insertResult` on the main thread)."""
+        from .result import prepareResult
+
+        buildSurfaces, task.show3DNote = self.surfacePlan(task)
+        target = task.segmentationNode
+        parameters = target.GetSegmentation().SerializeAllConversionParameters() if target is not None else ""
+        prepared = prepareResult(labelmapPath, task.inputShape, task.inputIJKToRAS, buildSurfaces=buildSurfaces,
+                                 conversionParameters=parameters)
+        return self.insertResult(task, prepared)
+
+    def insertResult(self, task, prepared) -> SegmentationOutcome:
+        """Main-thread part of the import: put the prepared lung segments (replacing those of the same
+        names, other segments untouched) and the optional labelmap node into the scene."""
         volumeNode, scene = task.volumeNode, self.scene
         if task.segmentationNode is not None and scene.GetNodeByID(task.segmentationNode.GetID()) is None:
             raise InputError("The output segmentation was removed from the scene while segmenting.")
         if scene.GetNodeByID(volumeNode.GetID()) is None:
             raise InputError("The input volume was removed from the scene while segmenting.")
 
-        labelmap = self._labelmapCarrier(labels, task.inputIJKToRAS)
         segmentationNode = task.segmentationNode
         created = segmentationNode is None
         if created:
@@ -437,12 +537,13 @@ class LungSegLogic:
                 segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
             else:
                 self.checkSameFrame(volumeNode, segmentationNode)  # the user may have changed it meanwhile
-            segmentIds = self._replaceLungSegments(segmentationNode, labelmap)
+            segmentIds = self._insertLungSegments(segmentationNode, prepared.segments)
             self.placeInStudyOf(segmentationNode, volumeNode)
-            if task.show3D:
-                segmentationNode.CreateClosedSurfaceRepresentation()
+            show3DNote = getattr(task, "show3DNote", None)
+            if task.show3D and show3DNote is None:
+                self.setShow3D(segmentationNode, True)  # the surfaces came prepared: no conversion here
             if task.exportLabelmap:
-                labelmapNode = self.exportLabelmap(segmentationNode, volumeNode)
+                labelmapNode = self._labelmapNode(segmentationNode, volumeNode, prepared)
         except Exception:
             # leave no half-made node behind (an existing segmentation keeps what was imported)
             for node in (labelmapNode, segmentationNode if created else None):
@@ -461,6 +562,8 @@ class LungSegLogic:
             outcome.measures = done.get("measures")
             outcome.confidence = done.get("confidence")
             outcome.review = reviewItemsFromEvent(done)
+        if show3DNote:
+            outcome.warnings.append(Finding("show3d_skipped", show3DNote))
         for warning in outcome.warnings:
             logging.warning("LungSeg: %s", warning)
         return outcome
@@ -484,6 +587,45 @@ class LungSegLogic:
         labelmap.SetAndObserveImageData(image)
         return labelmap
 
+    def _insertLungSegments(self, segmentationNode, segments: Dict[str, Any]) -> Dict[str, str]:
+        """Put the prepared lung segments into the node: a segment of the same name is replaced in place
+        (its ID and position kept), others are untouched; returns {name: segment ID}."""
+        segmentation = segmentationNode.GetSegmentation()
+        existing = self.lungSegmentIds(segmentationNode)
+        segmentIds = {}
+        wasModifying = segmentationNode.StartModify()
+        try:
+            for spec in LUNG_LABELS:
+                segmentId = existing.get(spec.name)
+                before = ""
+                if segmentId:
+                    order = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+                    position = order.index(segmentId)
+                    before = order[position + 1] if position + 1 < len(order) else ""
+                    segmentation.RemoveSegment(segmentId)
+                else:
+                    segmentId = segmentation.GenerateUniqueSegmentID(spec.name.replace(" ", "_"))
+                if not segmentation.AddSegment(segments[spec.name], segmentId, before):
+                    raise WorkerError(f"Slicer could not add the segment {spec.name}.", 1)
+                segmentIds[spec.name] = segmentId
+        finally:
+            segmentationNode.EndModify(wasModifying)
+        return segmentIds
+
+    def _labelmapNode(self, segmentationNode, volumeNode, prepared):
+        """A labelmap volume node (0/1/2) from the prepared image, on the CT's grid, in the CT's study."""
+        from .result import _vtk_matrix
+
+        scene = self.scene
+        node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode",
+                                       scene.GenerateUniqueName(f"{segmentationNode.GetName()} label"))
+        node.SetIJKToRASMatrix(_vtk_matrix(prepared.ijkToRas))
+        node.SetAndObserveImageData(prepared.labelImage)
+        node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        node.CreateDefaultDisplayNodes()
+        self.placeInStudyOf(node, volumeNode)
+        return node
+
     def _replaceLungSegments(self, segmentationNode, labelmap) -> Dict[str, str]:
         """Fill the segments named Right/Left lung (created if missing, others untouched) from a 0/1/2
         labelmap and set their names, colours and terminology; returns {name: segment ID}."""
@@ -497,9 +639,17 @@ class LungSegLogic:
         ids = vtk.vtkStringArray()
         for seg in segments:  # label order: 1 = right, 2 = left
             ids.InsertNextValue(segmentIds[seg.name])
+        others = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())
+                  if segmentation.GetNthSegmentID(i) not in segmentIds.values()]
+        # ImportLabelmapToSegmentationNode drops every derived representation of the node (the user's
+        # segments' surfaces too); where other segments have surfaces, fill the lung segments one by one
+        # instead, so that Slicer re-converts only them.
+        perSegment = bool(others) and segmentation.ContainsRepresentation("Closed surface")
         wasModifying = segmentationNode.StartModify()
         try:
-            if not _slicer().vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+            if perSegment:
+                self._setLungSegmentsOneByOne(segmentationNode, labelmap, segmentIds)
+            elif not _slicer().vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
                     labelmap, segmentationNode, ids):
                 raise WorkerError("Slicer could not import the lung labelmap into the segmentation.", 1)
             for seg in segments:
@@ -512,6 +662,31 @@ class LungSegLogic:
         finally:
             segmentationNode.EndModify(wasModifying)
         return segmentIds
+
+    @staticmethod
+    def _setLungSegmentsOneByOne(segmentationNode, labelmap, segmentIds: Dict[str, str]) -> None:
+        """Replace each lung segment's binary labelmap from the 0/1/2 carrier (segments created if missing)."""
+        import vtk
+        from vtk.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+
+        slicer = _slicer()
+        segmentation = segmentationNode.GetSegmentation()
+        image = labelmap.GetImageData()
+        labels = vtk_to_numpy(image.GetPointData().GetScalars())
+        matrix = vtk.vtkMatrix4x4()
+        labelmap.GetIJKToRASMatrix(matrix)
+        for seg in LUNG_LABELS:
+            segmentId = segmentIds[seg.name]
+            if segmentation.GetSegment(segmentId) is None:
+                segmentation.AddEmptySegment(segmentId, seg.name, list(seg.color))
+            mask = slicer.vtkOrientedImageData()
+            mask.SetDimensions(image.GetDimensions())
+            mask.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+            mask.GetPointData().GetScalars().DeepCopy(numpy_to_vtk((labels == seg.value).view(np.uint8), deep=True))
+            mask.SetImageToWorldMatrix(matrix)
+            if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+                    mask, segmentationNode, segmentId, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE):
+                raise WorkerError(f"Slicer could not fill the segment {seg.name}.", 1)
 
     def exportLabelmap(self, segmentationNode, referenceVolumeNode, labelmapNode=None):
         """Write the lung segments into a labelmap volume node on the reference volume's grid:
@@ -551,13 +726,32 @@ class LungSegLogic:
         else:  # Slicer's GUI adds items for new nodes itself; plain MRML (slicer-core) does not
             shNode.CreateItem(parent, node)
 
-    @staticmethod
-    def setShow3D(segmentationNode, show: bool) -> None:
-        """Show the segments in 3-D views (creates the closed-surface representation) or hide them."""
-        if show:
-            segmentationNode.CreateClosedSurfaceRepresentation()
-        else:
-            segmentationNode.RemoveClosedSurfaceRepresentation()
+    def setShow3D(self, segmentationNode, show: bool) -> Optional[str]:
+        """Show or hide the lung segments in 3-D views, building surfaces for the lung segments only.
+
+        Slicer keeps one set of representations for all segments of a node, so a surface can only be
+        created for the whole node. The lungs' surfaces are therefore built when the node holds nothing
+        else (LungSeg's own output) or already has surfaces (then Slicer re-converted only the replaced
+        lung segments); a node with other segments and no surfaces is left alone, and the returned note
+        says so (None otherwise). Hiding only hides the lung segments: the user's segments keep their
+        representations and visibility.
+        """
+        segmentation = segmentationNode.GetSegmentation()
+        lungIds = set(self.lungSegmentIds(segmentationNode).values())
+        others = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())
+                  if segmentation.GetNthSegmentID(i) not in lungIds]
+        note = None
+        if show and not segmentation.ContainsRepresentation("Closed surface"):
+            if others:
+                note = (f'Show 3D: "{segmentationNode.GetName()}" also holds {len(others)} other segment(s); '
+                        "LungSeg builds no surfaces for them. Use Show 3D in the Segment Editor to build "
+                        "surfaces for all segments.")
+            else:
+                segmentationNode.CreateClosedSurfaceRepresentation()
         displayNode = segmentationNode.GetDisplayNode()
         if displayNode is not None:
-            displayNode.SetVisibility3D(show)
+            if show and note is None:
+                displayNode.SetVisibility3D(True)
+            for segmentId in lungIds:
+                displayNode.SetSegmentVisibility3D(segmentId, show)
+        return note
