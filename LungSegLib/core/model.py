@@ -65,7 +65,7 @@ class LoadedModel:
     @property
     def n_classes(self) -> int:
         """Output channels: 3 (background, right, left) or 1 for a binary lung model."""
-        return 1 if tuple(self.classes) == BINARY_CLASS_NAMES else len(self.classes)
+        return 1 if len(self.classes) == len(BINARY_CLASS_NAMES) else len(self.classes)
 
 
 def read_card(model_path: Path) -> Dict[str, Any]:
