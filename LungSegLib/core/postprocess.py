@@ -64,6 +64,10 @@ def postprocess(labels: np.ndarray, options: PostprocessOptions = PostprocessOpt
     box_slices = _bbox_slices(labels > 0)
     box = labels[box_slices]
     ct_box = None if ct is None or spacing is None else ct[box_slices]
+    if ct_box is not None and ct_box.dtype.kind == "f" and not np.isfinite(ct_box).all():
+        # NaN/Inf voxels are outside the field of view: air, as the network saw them (a NaN would make
+        # every HU comparison of the steps below false)
+        ct_box = np.nan_to_num(ct_box, nan=-1024.0, posinf=-1024.0, neginf=-1024.0)
     airway = None
     if options.remove_airways and ct_box is not None:
         from .airways import find_central_airways
