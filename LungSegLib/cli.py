@@ -12,7 +12,7 @@ from .defaults import BATCH_SIZE, FORMATS, MAX_BATCH_SIZE, PRECISIONS, TRAIN_BAT
 from .errors import Cancelled, LungSegError, exit_codes_help, exit_meanings
 
 EXIT_CODES = exit_codes_help(exit_meanings(notes={LungSegError.exit_code: "please report it with the message",
-                                                  Cancelled.exit_code: "Ctrl+C"}))
+                                                  Cancelled.exit_code: "Ctrl+C or SIGTERM"}))
 
 
 def _batch_size(text: str) -> int:
@@ -78,7 +78,8 @@ def _add_segment_parser(sub) -> None:
                    help="fail (exit 7, nothing written) when the result has any warning: no lung, a lung "
                         "missing or too small, volumes or right/left ratio beyond anatomy, a lung cut by the "
                         "image border, thick slices, oblique or unusual spacing, non-HU or NaN voxels")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--quiet", action="store_true",
+                   help="print errors only (no progress bar, status lines, warnings or summary)")
     p.set_defaults(func=_run_segment)
 
 

@@ -224,3 +224,38 @@ def test_segment_file_checks_input_and_outputs_before_loading_the_model(tmp_path
                                on_stage=stages.append)
     assert stages == ["read"] and not segmenter.model_loaded
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mr.nrrd"]
+
+
+# --- the clean-up in bounded memory gives the plain SciPy answer ----------------------------------------------
+def _reference_keep_main(labels: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
+    """keep_main_components written plainly with whole-volume SciPy calls (the memory-hungry way)."""
+    from scipy import ndimage
+
+    from LungSegLib.labels import LEFT, RIGHT
+
+    full = np.ones((3, 3, 3), bool)
+    for lung, other in ((RIGHT, LEFT), (LEFT, RIGHT)):
+        comp, n = ndimage.label(labels == lung, structure=full)
+        if n <= 1:
+            continue
+        sizes = np.bincount(comp.ravel())[1:]
+        for cid in np.flatnonzero(sizes < min_fraction * sizes.max()) + 1:
+            island = comp == cid
+            touches = (ndimage.binary_dilation(island, structure=full) & (labels == other)).any()
+            labels[island] = other if touches else 0
+    return labels
+
+
+def test_keep_main_components_matches_the_plain_scipy_version():
+    from LungSegLib.core.postprocess import _SLAB, keep_main_components
+
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        labels = np.zeros((2 * _SLAB + 7, 30, 40), np.uint8)  # several slabs, a short last one
+        labels[:, 8:22, 4:18], labels[:, 8:22, 22:36] = 1, 2
+        labels[_SLAB - 2:_SLAB + 2, 8:11, 19:22] = 1   # an island of 1 touching lung 2, across a slab edge
+        labels[5:9, 25:28, 30:33] = 1                  # a lone island of 1
+        labels[40:43, 1:4, 10:13] = 2                  # a lone island of 2
+        for value in (0, 1, 2):  # 10 stray voxels of each value
+            labels[tuple(rng.integers(0, n, 10) for n in labels.shape)] = value
+        assert np.array_equal(keep_main_components(labels.copy()), _reference_keep_main(labels.copy()))

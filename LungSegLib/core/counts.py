@@ -6,6 +6,8 @@ the volume's size.
 """
 from __future__ import annotations
 
+from typing import Dict, Optional
+
 import numpy as np
 
 #: Voxels counted per step (a 64-bit copy of this many is 32 MB).
@@ -60,3 +62,27 @@ def label_components(mask: np.ndarray, structure: np.ndarray):
         return ndimage.label(mask, structure=structure, output=np.uint16)
     except RuntimeError:  # "insufficient bit-depth": more than 65535 components
         return ndimage.label(mask, structure=structure)
+
+
+def label_extents(labels: np.ndarray, values, slab: int = 16) -> Dict[int, Optional[tuple]]:
+    """Inclusive ``((k0, k1), (j0, j1), (i0, i1))`` bounding box of each label value (None if absent).
+
+    Computed slab by slab (``slab`` slices): a whole-volume mask per label would cost one byte per voxel
+    (0.26 GB each for 512 x 512 x 1000), here the temporaries are a few MB whatever the slice count.
+    """
+    boxes: Dict[int, list] = {v: [None, None, None] for v in values}
+    for k0 in range(0, labels.shape[0], slab):
+        block = labels[k0:k0 + slab]
+        for value in values:
+            mask = block == value
+            ks = np.flatnonzero(mask.any(axis=(1, 2)))
+            if ks.size == 0:
+                continue
+            js = np.flatnonzero(mask.any(axis=(0, 2)))
+            is_ = np.flatnonzero(mask.any(axis=(0, 1)))
+            found = ((k0 + ks[0], k0 + ks[-1]), (js[0], js[-1]), (is_[0], is_[-1]))
+            box = boxes[value]
+            for axis, (lo, hi) in enumerate(found):
+                box[axis] = (lo, hi) if box[axis] is None else (min(box[axis][0], lo), max(box[axis][1], hi))
+    return {v: (tuple((int(lo), int(hi)) for lo, hi in b) if b[0] is not None else None)
+            for v, b in boxes.items()}

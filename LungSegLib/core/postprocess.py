@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from .counts import label_components, label_counts, lookup
+from .counts import label_components, label_counts, label_extents, lookup
 from ..labels import LEFT, RIGHT
 _CONNECT_26 = np.ones((3, 3, 3), dtype=bool)
 _IN_PLANE_4 = np.zeros((3, 3, 3), dtype=bool)
@@ -107,15 +107,13 @@ def _bbox_slices(mask: np.ndarray, margin: int = 1) -> Tuple[slice, ...]:
 def keep_main_components(labels: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
     """Drop stray islands, in place (see :class:`PostprocessOptions`)."""
     for lung, other in ((RIGHT, LEFT), (LEFT, RIGHT)):
-        mask = labels == lung
-        if not mask.any():
+        box = _value_box(labels, lung)  # the lung's own box, with the 1-voxel rim its neighbours may lie in
+        if box is None:
             continue
-        box = _bbox_slices(mask)  # the lung's own box, with the 1-voxel rim its neighbours may lie in
         sub = labels[box]
         # 16-bit labels, counts and lookups in chunks: full-size int64 temporaries (bincount, isin,
         # fancy indexing) cost 8 bytes per voxel of the lung's box, 0.8 GB at 1000 slices
-        comp, n = label_components(mask[box], _CONNECT_26)
-        del mask
+        comp, n = label_components(sub == lung, _CONNECT_26)
         if n <= 1:
             continue
         sizes = label_counts(comp, n + 1)[1:]
@@ -124,28 +122,39 @@ def keep_main_components(labels: np.ndarray, min_fraction: float = 0.1) -> np.nd
         if not drop.any():
             continue
         # islands of this lung lying against the other lung are usually the other lung mislabelled
-        dropped = lookup(drop, comp)
-        touching = _touching_components(comp, dropped, sub == other)
-        sub[dropped] = 0
-        if touching.any():
-            sub[lookup(touching, comp)] = other
+        touching = _touching_components(comp, drop, sub, other)
+        for k0 in range(0, sub.shape[0], _SLAB):  # slab by slab: no box-sized masks
+            part, ids = sub[k0:k0 + _SLAB], comp[k0:k0 + _SLAB]
+            part[drop[ids]] = 0
+            if touching.any():
+                part[touching[ids]] = other
     return labels
 
 
-def _touching_components(comp: np.ndarray, selected: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Per label of ``comp`` (index = label), whether a ``selected`` voxel of it has a 26-neighbour in
-    ``target``. Looks only at the selected voxels (26 gathers), not at the whole volume."""
-    touching = np.zeros(int(comp.max()) + 1, dtype=bool)
-    where = np.nonzero(selected)
-    ids = comp[where]
-    padded = np.pad(target, 1)
-    shape = padded.shape
-    flat = np.ravel_multi_index(tuple(w + 1 for w in where), shape)
-    padded = padded.ravel()
+def _touching_components(comp: np.ndarray, selected: np.ndarray, labels: np.ndarray, other: int) -> np.ndarray:
+    """Per label of ``comp`` (index = label), whether a voxel of a ``selected[label]`` component has a
+    26-neighbour of value ``other`` in ``labels``. Gathers only around the selected voxels (found slab by
+    slab), never a mask of the whole box."""
+    touching = np.zeros(selected.size, dtype=bool)
+    parts = []
+    for k0 in range(0, comp.shape[0], _SLAB):
+        k, j, i = np.nonzero(selected[comp[k0:k0 + _SLAB]])
+        if k.size:
+            parts.append((k + k0, j, i))
+    if not parts:
+        return touching
+    where = [np.concatenate(axis) for axis in zip(*parts)]
+    ids = comp[tuple(where)]
+    shape = np.array(labels.shape)
     for offset in np.argwhere(_CONNECT_26) - 1:
-        delta = (offset[0] * shape[1] + offset[1]) * shape[2] + offset[2]
-        if delta:
-            touching[ids[padded[flat + delta]]] = True
+        if not offset.any():
+            continue
+        nb = [w + o for w, o in zip(where, offset)]
+        inside = np.ones(ids.size, dtype=bool)
+        for axis in range(3):
+            inside &= (nb[axis] >= 0) & (nb[axis] < shape[axis])
+        hit = labels[tuple(n[inside] for n in nb)] == other
+        touching[ids[inside][hit]] = True
     return touching
 
 
@@ -170,16 +179,31 @@ def fill_lung_holes(labels: np.ndarray) -> np.ndarray:
     if not labels.any():
         return labels
     for lung in (RIGHT, LEFT):
-        mask = labels == lung
-        if not mask.any():
+        box = _value_box(labels, lung)  # holes lie inside the lung's own box; its 1-voxel rim is outside
+        if box is None:
             continue
-        box = _bbox_slices(mask)  # holes lie inside the lung's own box; its 1-voxel rim is outside
-        sub, mask = labels[box], mask[box]
+        sub = labels[box]
         # a 3-D hole (not 6-connected to the box faces) is a hole in each of its slices too (in-plane
-        # 4-connection is a subset of 6-connection), so the per-slice filling covers both
-        filled = _fill_holes(mask, _IN_PLANE_4, border_axes=(1, 2))
-        sub[filled & (sub == 0)] = lung
+        # 4-connection is a subset of 6-connection), so the per-slice filling covers both; slices are
+        # independent, so it runs on slabs of slices (bounded memory whatever the slice count)
+        for k0 in range(0, sub.shape[0], _SLAB):
+            slab = sub[k0:k0 + _SLAB]
+            holes = _fill_holes(slab == lung, _IN_PLANE_4, border_axes=(1, 2))
+            slab[holes & (slab == 0)] = lung
     return labels
+
+
+#: Slices per step of the per-slice hole filling.
+_SLAB = 32
+
+
+def _value_box(labels: np.ndarray, value: int, margin: int = 1) -> Optional[Tuple[slice, ...]]:
+    """:func:`_bbox_slices` of ``labels == value``, found slab by slab (no whole-volume mask), or None
+    when the value is absent."""
+    extent = label_extents(labels, [value])[value]
+    if extent is None:
+        return None
+    return tuple(slice(max(0, lo - margin), hi + 1 + margin) for lo, hi in extent)
 
 
 def _fill_holes(mask: np.ndarray, structure: np.ndarray, border_axes: Tuple[int, ...]) -> np.ndarray:

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from ..errors import OutputError
 from .atomic import atomic_path
+from .counts import label_extents
 from .outputs import OutputSet, check_output_paths, labelmap_format
 from .geometry import Geometry
 from ..defaults import FORMATS
@@ -28,30 +29,6 @@ def labelmap_image(labels: np.ndarray, geometry: Geometry) -> sitk.Image:
     return image
 
 
-def _label_extents(labels: np.ndarray, values, slab: int = 16) -> Dict[int, Optional[tuple]]:
-    """Inclusive ``((k0, k1), (j0, j1), (i0, i1))`` bounding box of each label value (None if absent).
-
-    Computed slab by slab (``slab`` slices): a whole-volume mask per label would cost one byte per voxel
-    (0.26 GB each for 512 x 512 x 1000), here the temporaries are a few MB whatever the slice count.
-    """
-    boxes: Dict[int, list] = {v: [None, None, None] for v in values}
-    for k0 in range(0, labels.shape[0], slab):
-        block = labels[k0:k0 + slab]
-        for value in values:
-            mask = block == value
-            ks = np.flatnonzero(mask.any(axis=(1, 2)))
-            if ks.size == 0:
-                continue
-            js = np.flatnonzero(mask.any(axis=(0, 2)))
-            is_ = np.flatnonzero(mask.any(axis=(0, 1)))
-            found = ((k0 + ks[0], k0 + ks[-1]), (js[0], js[-1]), (is_[0], is_[-1]))
-            box = boxes[value]
-            for axis, (lo, hi) in enumerate(found):
-                box[axis] = (lo, hi) if box[axis] is None else (min(box[axis][0], lo), max(box[axis][1], hi))
-    return {v: (tuple((int(lo), int(hi)) for lo, hi in b) if b[0] is not None else None)
-            for v, b in boxes.items()}
-
-
 def _segmentation_metadata(image: sitk.Image, labels: np.ndarray) -> Dict[str, str]:
     size = image.GetSize()
     meta = {
@@ -59,7 +36,7 @@ def _segmentation_metadata(image: sitk.Image, labels: np.ndarray) -> Dict[str, s
         "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
         "Segmentation_ReferenceImageExtentOffset": "0 0 0",
     }
-    extents = _label_extents(labels, [seg.value for seg in LUNG_LABELS])
+    extents = label_extents(labels, [seg.value for seg in LUNG_LABELS])
     for n, seg in enumerate(LUNG_LABELS):
         box = extents[seg.value]
         if box is not None:  # extent in i j k order, inclusive
