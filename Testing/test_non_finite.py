@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -119,10 +120,18 @@ def test_cli_prints_named_warnings_and_strict_fails_with_exit_7_writing_nothing(
     assert code == 7
     assert "--strict" in captured.err and "non_finite_voxels" in captured.err
     assert list(tmp_path.iterdir()) == []  # no output, no temporary file
-    code = main(["segment", str(nan_padded_file), str(out)])
+    png = tmp_path / "overview.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no "invalid value in cast" from NaN pixels
+        code = main(["segment", str(nan_padded_file), str(out), "--overview", str(png)])
     captured = capsys.readouterr()
-    assert code == 0 and out.is_file()
+    assert code == 0 and out.is_file() and png.is_file()
     assert "[non_finite_voxels]" in captured.err and "NaN or infinite" in captured.err
+    from PIL import Image
+
+    with Image.open(png) as im:
+        corner = np.asarray(im.convert("RGB"))[:5, :5]
+    assert not corner.any()  # the NaN padding (corners lie outside the 350 mm circle) is drawn black
 
 
 def test_cli_strict_writes_a_result_without_warnings(tmp_path, capsys):

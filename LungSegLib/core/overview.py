@@ -15,6 +15,7 @@ _COLOURS = {label.value: label.color_255 for label in LUNG_LABELS}
 
 def _to_rgb(ct: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     grey = np.clip((ct.astype(np.float32) + 1000.0) / 1400.0, 0, 1) * 255  # lung window −1000..400 HU
+    grey[~np.isfinite(ct)] = 0  # NaN/Inf voxels: outside the field of view, shown black like air
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     for label, colour in _COLOURS.items():
         m = labels == label
