@@ -153,3 +153,16 @@ def test_worker_sends_warnings_as_named_findings(nan_padded_file, tmp_path):
     assert set(warning) == {"code", "message", "lung"}
     assert warning["code"] == "non_finite_voxels" and warning["lung"] is None
     assert "NaN or infinite" in warning["message"]
+
+
+def test_reports_of_a_nan_padded_ct_carry_the_finding_and_draw_without_warnings(nan_padded_file, tmp_path,
+                                                                              capsys):
+    out, report, picture = tmp_path / "lungs.nrrd", tmp_path / "report.json", tmp_path / "report.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no casts of NaN in the report's pictures
+        code = main(["segment", str(nan_padded_file), str(out), "--report", str(report), "--report", str(picture),
+                     "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    flags = json.loads(report.read_text())["flags"]
+    assert [f["code"] for f in flags] == ["non_finite_voxels"]
+    assert picture.stat().st_size > 10_000

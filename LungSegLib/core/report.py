@@ -163,11 +163,19 @@ def report_images(volume_hu: np.ndarray, result, n_axial: int = 6) -> ReportImag
     to_canonical = (lambda k: n_slices - 1 - k) if o.flips[0] else (lambda k: k)
     per_slice = (lab_c > 0).sum(axis=(1, 2))
     review_canonical = [to_canonical(it.slice_index) for it in result.review]
-    axial = [(to_canonical(s), np.array(ct_c[s], dtype=np.int16), np.array(lab_c[s]))
+    axial = [(to_canonical(s), _hu_int16(ct_c[s]), np.array(lab_c[s]))
              for s in _montage_slices(per_slice, review_canonical, n_axial)]
     y = int(np.argmax((lab_c > 0).sum(axis=(0, 2)))) if per_slice.any() else lab_c.shape[1] // 2
-    coronal = (np.array(ct_c[::-1, y, :], dtype=np.int16), np.array(lab_c[::-1, y, :]))
+    coronal = (_hu_int16(ct_c[::-1, y, :]), np.array(lab_c[::-1, y, :]))
     return ReportImages(axial, coronal, sy / sx, sz / sx, [n_slices - 1 - s for s in review_canonical[:5]])
+
+
+def _hu_int16(hu: np.ndarray) -> np.ndarray:
+    """A slice of HU as int16 for the pictures; NaN/Inf voxels (outside the field of view) become air."""
+    hu = np.asarray(hu)
+    if hu.dtype.kind == "f":
+        hu = np.clip(np.nan_to_num(hu, nan=-1024.0, posinf=-1024.0, neginf=-1024.0), -32768, 32767)
+    return np.array(hu, dtype=np.int16)
 
 
 def write_figure(path: os.PathLike, result, *, title: str = "LungSeg report",
