@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from LungSegLib.core.atomic import TEMP_NAME, remove_stale_temps, stale_temp_files, temp_path
-from LungSegLib.core.counts import label_components, label_counts, lookup
+from LungSegLib.core.counts import label_components, label_counts, lookup, value_components
 from LungSegLib.core.outputs import OutputSet, check_output_paths, committing, labelmap_format
 from LungSegLib.errors import OutputError, UsageError
 
@@ -161,10 +161,28 @@ def test_label_components_uses_16_bits_when_they_suffice():
     few[1, 5:10, 5:10] = few[2, 20:30, 20:30] = True
     comp, n = label_components(few, np.ones((3, 3, 3), bool))
     assert comp.dtype == np.uint16 and n == 2
+    some = np.zeros((1, 60, 60), bool)
+    some[0, ::2, ::2] = True  # 900 components
+    comp, n = label_components(some, ndimage.generate_binary_structure(3, 1))
+    assert comp.dtype == np.uint16 and n == 900
+    assert np.array_equal(comp, ndimage.label(some, ndimage.generate_binary_structure(3, 1))[0])
     many = np.zeros((1, 600, 600), bool)
     many[0, ::2, ::2] = True  # 90000 components: more than 16 bits hold
     comp, n = label_components(many, ndimage.generate_binary_structure(3, 1))
     assert n == 90000 and comp.max() == 90000
+
+
+@pytest.mark.parametrize("density", [0.05, 0.3, 0.7])
+def test_value_components_equals_scipy_label(density):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(int(density * 100))
+    labels = (rng.random((23, 37, 41)) < density).astype(np.uint8) * 2
+    labels[rng.random(labels.shape) < 0.1] = 1
+    structure = np.ones((3, 3, 3), bool)
+    comp, n = value_components(labels, 2, structure)
+    expected, n_expected = ndimage.label(labels == 2, structure=structure)
+    assert n == n_expected and np.array_equal(comp, expected)
 
 
 # --- the short last batch; the API ------------------------------------------------------------------------
@@ -175,17 +193,27 @@ def phantom(chest_phantom):
     return chest_phantom.ct(geometry, shape), geometry
 
 
-def test_a_short_last_batch_gives_the_same_labels(phantom, oracle_model):
+def test_a_short_last_batch_runs_at_its_own_size_with_the_same_labels(phantom, oracle_model, monkeypatch):
     from LungSegLib.core import inference
 
     volume, geometry = phantom
     reference = inference.segment_array(volume, geometry, oracle_model, batch_size=1).labels
-    for batch in (3, 64):  # 7 = 3 + 3 + 1 (a short last batch); 64 > 7 slices: one batch of 7
+    calls = []
+    original = inference._Predictor.__call__
+
+    def recording(self, batch):
+        calls.append(batch.shape[0])
+        return original(self, batch)
+
+    monkeypatch.setattr(inference._Predictor, "__call__", recording)
+    for batch, expected in ((3, [3, 3, 1]), (64, [7])):  # 7 slices: a short last batch; one batch of 7
+        calls.clear()
         labels = inference.segment_array(volume, geometry, oracle_model, batch_size=batch).labels
         assert np.array_equal(labels, reference)
         assert (labels > 0).sum() > 100
-    # the batch never exceeds the volume: no full 64-slice batch was built
-    assert [key[1] for key in inference._predictors] == [7]
+        assert calls == expected  # never padded to a full batch (its memory)
+    predictor = next(iter(inference._predictors.values()))
+    assert predictor._predict.experimental_get_tracing_count() == 1  # one graph for every batch size
 
 
 def test_segment_refuses_a_path_and_names_segment_file(oracle_model):

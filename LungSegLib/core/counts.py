@@ -55,13 +55,36 @@ def lookup(table: np.ndarray, index: np.ndarray) -> np.ndarray:
 
 def label_components(mask: np.ndarray, structure: np.ndarray):
     """``scipy.ndimage.label(mask, structure)`` with 16-bit labels when they suffice (half the memory of
-    the default 32-bit ones; scipy refuses, and 32 bits are used, when there are more components)."""
+    scipy's default 32-bit ones), else 32-bit ones.
+
+    Not 8 bits: scipy's provisional labels during the scan overflow 8 bits even for a few components,
+    and it then labels into a 32-bit temporary and compares (6 bytes per voxel instead of 2).
+    """
     from scipy import ndimage
 
     try:
         return ndimage.label(mask, structure=structure, output=np.uint16)
-    except RuntimeError:  # "insufficient bit-depth": more than 65535 components
+    except RuntimeError:  # "insufficient bit-depth in requested output type"
         return ndimage.label(mask, structure=structure)
+
+
+
+def value_components(labels: np.ndarray, value: int, structure: np.ndarray):
+    """:func:`label_components` of ``labels == value`` without a separate mask: the 16-bit buffer that
+    receives the labels first holds the mask (filled slab by slab) and is labelled in place (2 bytes per
+    voxel instead of 3; scipy reads each line before writing it). Returns (labels, count)."""
+    from scipy import ndimage
+
+    comp = np.empty(labels.shape, np.uint16)
+    per_step = max(1, _CHUNK // max(1, labels[0].size)) if labels.ndim and labels.size else 1
+    for start in range(0, labels.shape[0] if labels.ndim else 0, per_step):
+        np.equal(labels[start:start + per_step], value, out=comp[start:start + per_step], casting="unsafe")
+    try:
+        n = ndimage.label(comp, structure=structure, output=comp)
+    except RuntimeError:  # over 65535 components: the buffer is spoilt, start again at 32 bits
+        del comp
+        return ndimage.label(labels == value, structure=structure)
+    return comp, int(n)
 
 
 def label_extents(labels: np.ndarray, values, slab: int = 16) -> Dict[int, Optional[tuple]]:

@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from .counts import label_components, label_counts, label_extents, lookup
+from .counts import label_components, label_counts, label_extents, lookup, value_components
 from ..labels import LEFT, RIGHT
 _CONNECT_26 = np.ones((3, 3, 3), dtype=bool)
 _IN_PLANE_4 = np.zeros((3, 3, 3), dtype=bool)
@@ -113,7 +113,7 @@ def keep_main_components(labels: np.ndarray, min_fraction: float = 0.1) -> np.nd
         sub = labels[box]
         # 16-bit labels, counts and lookups in chunks: full-size int64 temporaries (bincount, isin,
         # fancy indexing) cost 8 bytes per voxel of the lung's box, 0.8 GB at 1000 slices
-        comp, n = label_components(sub == lung, _CONNECT_26)
+        comp, n = value_components(sub, lung, _CONNECT_26)
         if n <= 1:
             continue
         sizes = label_counts(comp, n + 1)[1:]
