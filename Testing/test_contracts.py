@@ -30,7 +30,7 @@ def test_exit_code_table_comes_from_the_error_classes():
     for cls in errors.LIBRARY_ERRORS:
         assert cli[cls.exit_code].startswith(errors.MEANINGS[cls].split(";")[0].split(" (")[0])
     assert cli[0] == "success" and cli[2] == "wrong command-line usage"
-    assert cli[130] == "cancelled (Ctrl+C); nothing was written"
+    assert cli[130].startswith("cancelled (Ctrl+C") and cli[130].endswith("); nothing was written")
     assert worker[DependencyError.exit_code] == DependencyError.meaning
     assert worker[0] == "success: the output file is complete" and 7 not in worker
     assert EXIT_CODES in build_parser().format_help()
