@@ -1,7 +1,7 @@
 """Throughput of ``lungseg batch`` against one ``lungseg segment`` per CT: CTs per minute.
 
     python benchmarks/batch_bench.py               # 10 CTs, the bundled model, all three ways
-    python benchmarks/batch_bench.py --cts 4 --jobs 1 2 4
+    python benchmarks/batch_bench.py --cts 4 --jobs 1 2 4 --pin     # --pin: --jobs N also with --pin-cores
 
 The CTs are copies of the shipped sample CT (``Resources/SampleData``, 256 x 256 x 48 at 1.95 x 1.95 x
 4.25 mm) cut at different slice ranges, so no two are identical, written as gzip NRRD into a temporary
@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cts", type=int, default=10, help="number of CTs (default 10)")
     p.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="--jobs values of the batch runs")
+    p.add_argument("--pin", action="store_true", help="also time each --jobs N > 1 with --pin-cores")
     p.add_argument("--model", help="model (default: the bundled one)")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="where the results go")
     p.add_argument("--name", default="batch_bench", help="file name stem of the results")
@@ -81,9 +82,11 @@ def main(argv=None) -> int:
                  [lungseg("segment", str(ct), str(work / "seg_out" / f"{ct.parent.name}.seg.nrrd"), "--quiet",
                           *model) for ct in cts])]
         for jobs in args.jobs:
-            ways.append((f"batch --jobs {jobs}",
-                         [lungseg("batch", str(work / "in"), str(work / f"batch{jobs}_out"), "--jobs", str(jobs),
-                                  "--quiet", *model)]))
+            for pin in ([False, True] if jobs > 1 and args.pin else [False]):
+                flags = ["--pin-cores"] if pin else []
+                ways.append((" ".join([f"batch --jobs {jobs}"] + flags),
+                             [lungseg("batch", str(work / "in"), str(work / f"batch{jobs}{'p' if pin else ''}_out"),
+                                      "--jobs", str(jobs), "--quiet", *flags, *model)]))
         for name, commands in ways:
             load_before = os.getloadavg()
             seconds = timed(commands, env)
