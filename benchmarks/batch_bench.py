@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     base = runs[0]["seconds"]
     lines = [f"# `lungseg batch` throughput ({result['date']})", "",
              f"{args.cts} CTs cut from the shipped sample CT ({slices} slices in all, 256 x 256), model: "
-             f"{result['model']}, {result['machine']['cores']} cores. Command: `python benchmarks/batch_bench.py`.",
+             f"{result['model']}, {result['machine']['cores']} cores. Command: "
+             f"`{' '.join(['python benchmarks/batch_bench.py'] + list(argv if argv is not None else sys.argv[1:]))}`.",
              "", "| way | seconds | CTs per minute | speed-up | load average before -> after (1 min) |",
              "| --- | ---: | ---: | ---: | --- |"]
     for run in runs:
