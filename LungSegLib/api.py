@@ -130,7 +130,7 @@ class LungSegmenter:
         if self.review:
             from .core.review import add_review
 
-            add_review(result, volume)
+            add_review(result, volume, recheck=False)  # segment_array's warnings hold the checks
         return result
 
     def segment(self, image: Union[sitk.Image, np.ndarray], spacing: Optional[Sequence[float]] = None,

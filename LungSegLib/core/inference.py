@@ -127,6 +127,8 @@ class SegmentationResult:
     measures: Optional[object] = None
     #: the few CT slices the one-page report draws (:class:`LungSegLib.core.report.ReportImages`)
     report_images: Optional[object] = field(default=None, repr=False)
+    #: the plausibility flags the review shows (:func:`LungSegLib.core.review.review_flags`), when asked for
+    flags: Optional[list] = None
 
     def volumes_ml(self) -> Dict[str, float]:
         """Lung volumes in mL."""

@@ -2,9 +2,10 @@
 high-attenuation indices, and the Lung CT Analyzer density bins.
 
 Everything comes from one histogram: the lung voxels' HU, rounded to whole HU, are counted per
-label with a single ``np.bincount`` over (label x HU) -- no per-lung Python loop over voxels. Means
-and standard deviations use the exact (unrounded) values; the percentiles (median, Perc15) are read
-off the 1-HU histogram with NumPy's default (linear) percentile rule, which is exact for integer HU.
+label with ``np.bincount`` over (label x HU) in one pass over the volume (slab by slab, so the
+temporaries stay small) -- no per-lung pass. Mean, SD and the percentiles (median, Perc15, NumPy's
+default linear rule) are exact for integer HU; float HU are rounded for the thresholds and percentiles,
+their mean and SD use the exact values.
 
 **Research measures, not diagnostic values.** Densitometry depends on the reconstruction kernel,
 slice thickness, dose/noise, inspiration level, contrast and scanner calibration; compare values
@@ -44,6 +45,10 @@ from .jsonsafe import json_safe
 
 #: Key of the "both lungs" region in the results (the single lungs use the label table's keys).
 BOTH = "both"
+#: The HU range of the histogram (int16, what CT is stored in); values beyond it are clipped to it.
+_HU_MIN, _HU_MAX = -32768, 32767
+#: Voxels per slab of the one pass (a few MB of temporaries).
+_SLAB_VOXELS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -192,20 +197,32 @@ def measure_lungs(volume_hu: np.ndarray, labels: np.ndarray, geometry: Geometry,
     voxel_ml = geometry.voxel_volume_ml()
     values = [label.value for label in LUNG_LABELS]
     n_labels = max(values) + 1
-    mask = labels > 0
-    lab = labels[mask].astype(np.intp)
-    lab[lab >= n_labels] = 0  # unknown label values are not lungs
-    hu = volume_hu[mask]
-    hu_int = np.rint(hu).astype(np.int64) if np.issubdtype(hu.dtype, np.floating) else hu.astype(np.int64)
-    if hu.size:
-        hu0, n_bins = int(hu_int.min()), int(hu_int.max() - hu_int.min()) + 1
-    else:
-        hu0, n_bins = 0, 1
-    # the one pass: counts per (label, HU), plus exact sums for the mean and SD
-    hist = np.bincount(lab * n_bins + (hu_int - hu0), minlength=n_labels * n_bins).reshape(n_labels, n_bins)
-    hu_f = hu.astype(np.float64)
-    sums = np.bincount(lab, weights=hu_f, minlength=n_labels)
-    sq = np.bincount(lab, weights=hu_f * hu_f, minlength=n_labels)
+    is_float = np.issubdtype(volume_hu.dtype, np.floating)
+    # one histogram of (label, whole HU) over the int16 range (HU beyond it are clipped to it: no CT has
+    # them), accumulated over slabs so the temporaries stay small and in cache
+    hu0, n_bins = _HU_MIN, _HU_MAX - _HU_MIN + 1
+    hist = np.zeros(n_labels * n_bins, np.int64)
+    sums = np.zeros(n_labels)
+    sq = np.zeros(n_labels)
+    step = max(1, _SLAB_VOXELS // max(1, int(np.prod(labels.shape[1:]))))
+    for k in range(0, labels.shape[0], step):
+        lab_slab = np.asarray(labels[k:k + step])
+        mask = (lab_slab > 0) & (lab_slab < n_labels)  # unknown label values are not lungs
+        if not mask.any():
+            continue
+        lab = lab_slab[mask].astype(np.intp)
+        hu = np.asarray(volume_hu[k:k + step])[mask]
+        if is_float:
+            hu_f = hu.astype(np.float64)
+            sums += np.bincount(lab, weights=hu_f, minlength=n_labels)
+            sq += np.bincount(lab, weights=hu_f * hu_f, minlength=n_labels)
+            hu = np.rint(hu_f)
+        index = lab * n_bins
+        index += np.clip(hu, _HU_MIN, _HU_MAX).astype(np.intp)
+        index -= hu0
+        hist += np.bincount(index, minlength=n_labels * n_bins)
+    hist = hist.reshape(n_labels, n_bins)
+    hu_values = hu0 + np.arange(n_bins, dtype=np.float64)
 
     regions = [(label.key, label.name, [label.value]) for label in LUNG_LABELS]
     regions.append((BOTH, "Both lungs", values))
@@ -214,10 +231,15 @@ def measure_lungs(volume_hu: np.ndarray, labels: np.ndarray, geometry: Geometry,
     for key, name, members in regions:
         counts = hist[members].sum(axis=0)
         n = int(counts.sum())
-        total, total_sq = float(sums[members].sum()), float(sq[members].sum())
         nan = float("nan")
-        mean = total / n if n else nan
-        sd = math.sqrt(max(0.0, total_sq / n - mean * mean)) if n else nan
+        if not n:
+            mean = sd = nan
+        elif is_float:  # the exact values' moments (the histogram holds them rounded)
+            mean = float(sums[members].sum()) / n
+            sd = math.sqrt(max(0.0, float(sq[members].sum()) / n - mean * mean))
+        else:  # integer HU: the histogram is exact
+            mean = float(counts @ hu_values) / n
+            sd = math.sqrt(float(counts @ (hu_values - mean) ** 2) / n)
 
         def pct(count: int) -> float:
             return 100.0 * count / n if n else nan

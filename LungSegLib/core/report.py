@@ -70,7 +70,7 @@ def report_dict(result, *, input_path: Optional[os.PathLike] = None, output_path
                      "direction_lps": result.geometry.direction.round(6).tolist()},
         "volumes_ml": {k: round(v, 2) for k, v in result.volumes_ml().items()},
         "measures": None if result.measures is None else result.measures.to_dict(),
-        "flags": [f.to_dict() for f in review_flags(result)],
+        "flags": [f.to_dict() for f in (result.flags if result.flags is not None else review_flags(result))],
         "confidence": None if conf is None else conf.to_dict(),
         "review": [item.to_dict() for item in result.review],
         "timings_s": {k: round(v, 4) for k, v in result.timings_s.items()},
@@ -281,7 +281,7 @@ def write_figure(path: os.PathLike, result, *, title: str = "LungSeg report",
 
     # flags and review list
     y1 = y0 - 0.31
-    flags = review_flags(result)
+    flags = (result.flags if result.flags is not None else review_flags(result))
     fig.text(0.04, y1, "Flags", fontsize=10, weight="bold", va="top")
     lines = [f"• {f.message}" for f in flags] or ["• none: volumes, sides and field of view look plausible"]
     fig.text(0.05, y1 - 0.022, "\n".join(_wrap(l, 120) for l in lines[:6]), fontsize=7.5, va="top",

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..labels import LUNG_LABELS
+from ..labels import LUNG_LABELS, MAX_LABEL
 from .checks import Finding, plausibility_findings
 from .confidence import DEFAULT_SCORE, SliceConfidence
 from .geometry import Geometry
@@ -81,27 +81,33 @@ class ReviewItem:
                    tuple(float(v) for v in data["position_lps"]))  # type: ignore[arg-type]
 
 
-def _names() -> Dict[str, str]:
-    return {label.key: label.name for label in LUNG_LABELS}
+def _per_slice_counts(labels: np.ndarray, axis: int) -> np.ndarray:
+    """``[n_slices, MAX_LABEL + 1]`` voxels of each lung label value on each slice along ``axis``."""
+    view = np.moveaxis(labels, axis, 0)
+    out = np.zeros((view.shape[0], MAX_LABEL + 1), np.int64)
+    for label in LUNG_LABELS:
+        out[:, label.value] = np.count_nonzero(view == label.value, axis=(1, 2))
+    return out
 
 
-def _slice_point(labels: np.ndarray, geometry: Geometry, axis: int, index: int,
-                 value: Optional[int]) -> Tuple[float, float, float]:
+def _slice_point(labels: np.ndarray, geometry: Geometry, axis: int, index: int, value: Optional[int],
+                 per_slice: Optional[np.ndarray] = None) -> Tuple[float, float, float]:
     """LPS mm of the centre of lung ``value`` (any lung when None) on slice ``index`` along ``axis``;
-    where the slice holds none, the lung's centre over the whole volume, moved onto that slice."""
-    mask = labels > 0 if value is None else labels == value
-    plane = np.take(mask, index, axis=axis)
+    where the slice holds none, its centre on the nearest slice that does (``per_slice``: that lung's
+    voxels per slice), moved onto this slice."""
     other = [a for a in range(3) if a != axis]  # array axes in the plane, as [k, j, i] indices
-    if plane.any():
-        where = np.nonzero(plane)
-        centre = [float(w.mean()) for w in where]
-    else:
-        centre = []
-        for a in other:
-            profile = mask.sum(axis=tuple(b for b in range(3) if b != a))
-            total = profile.sum()
-            centre.append(float((profile * np.arange(profile.size)).sum() / total) if total
-                          else (labels.shape[a] - 1) / 2)
+
+    def centre_on(k: int) -> Optional[List[float]]:
+        plane = np.take(labels, k, axis=axis)
+        mask = plane > 0 if value is None else plane == value
+        return [float(w.mean()) for w in np.nonzero(mask)] if mask.any() else None
+
+    centre = centre_on(index)
+    if centre is None and per_slice is not None and per_slice.any():
+        present = np.flatnonzero(per_slice)
+        centre = centre_on(int(present[np.argmin(np.abs(present - index))]))
+    if centre is None:
+        centre = [(labels.shape[a] - 1) / 2 for a in other]
     kji = [0.0, 0.0, 0.0]
     kji[axis] = float(index)
     for a, c in zip(other, centre):
@@ -136,16 +142,15 @@ def build_review(labels: np.ndarray, geometry: Geometry, confidence: Optional[Sl
     labels = np.asarray(labels)
     if axis is None:
         axis = confidence.axis if confidence is not None else canonical_orientation(geometry).axes[0]
-    names = _names()
-    other = tuple(a for a in range(3) if a != axis)
     items: List[ReviewItem] = []
+    counts = _per_slice_counts(labels, axis)
     for label in LUNG_LABELS:
-        per_slice = (labels == label.value).sum(axis=other)
+        per_slice = counts[:, label.value]
         for index in _gaps(per_slice > 0):
             items.append(ReviewItem(int(index), axis, label.key, "lung_gap",
                                     f"No {label.name.lower()} on this slice, although there is above and "
                                     "below it: a blank or corrupted slice, or a missed segment.", 1.0,
-                                    _slice_point(labels, geometry, axis, int(index), label.value)))
+                                    _slice_point(labels, geometry, axis, int(index), label.value, per_slice)))
     for flag in flags:
         if flag.code == "lung_touches_border" and flag.lung:
             label = next(l for l in LUNG_LABELS if l.key == flag.lung)
@@ -182,10 +187,14 @@ def build_review(labels: np.ndarray, geometry: Geometry, confidence: Optional[Sl
     return items[:max_items]
 
 
-def review_flags(result) -> List[Finding]:
-    """The plausibility flags of a result: its warnings (as :class:`Finding`), plus the labelmap's own
-    :func:`plausibility_findings` that the warnings do not already hold (same code and lung)."""
+def review_flags(result, recheck: bool = True) -> List[Finding]:
+    """The plausibility flags of a result: its warnings (as :class:`Finding`), plus -- with ``recheck``
+    -- the labelmap's own :func:`plausibility_findings` that the warnings do not already hold (same code
+    and lung). A result of :func:`.inference.segment_array` already holds them (``recheck=False`` saves
+    the passes over the volume)."""
     flags = [Finding.from_dict(w) for w in result.warnings]
+    if not recheck:
+        return flags
     have = {(f.code, f.lung) for f in flags}
     for f in plausibility_findings(result.labels, result.geometry):
         if (f.code, f.lung) not in have:
@@ -194,13 +203,14 @@ def review_flags(result) -> List[Finding]:
     return flags
 
 
-def add_review(result, volume_hu: np.ndarray) -> None:
-    """Fill a :class:`SegmentationResult`'s ``measures``, ``review`` and ``report_images`` (the few
-    slices the one-page report shows), in place."""
+def add_review(result, volume_hu: np.ndarray, recheck: bool = True) -> None:
+    """Fill a :class:`SegmentationResult`'s ``measures``, ``flags``, ``review`` and ``report_images`` (the few
+    slices the one-page report shows), in place. ``recheck``: see :func:`review_flags`."""
     from .quantify import measure_lungs
 
     result.measures = measure_lungs(volume_hu, result.labels, result.geometry)
-    result.review = build_review(result.labels, result.geometry, result.confidence, review_flags(result))
+    result.flags = review_flags(result, recheck)
+    result.review = build_review(result.labels, result.geometry, result.confidence, result.flags)
     from .report import report_images
 
     result.report_images = report_images(volume_hu, result)
