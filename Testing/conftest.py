@@ -289,7 +289,7 @@ class MRMLApp:
 @pytest.fixture
 def mrml_app():
     """A fresh :class:`MRMLApp`; ``slicer.mrmlScene`` points at its scene during the test, as in Slicer."""
-    slicer = pytest.importorskip("slicer", reason="the slicer-core wheel is not installed")
+    slicer = pytest.importorskip("slicer", reason="the slicer-core wheel is not installed (it has no wheel for Python 3.9)")
     app = MRMLApp()
     previous = getattr(slicer, "mrmlScene", None)
     slicer.mrmlScene = app.scene
