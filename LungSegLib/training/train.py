@@ -296,6 +296,72 @@ def _compile(keras_model, config: TrainConfig) -> None:
                         loss=SegmentationLoss(config.loss, config.n_classes))
 
 
+def _run_setup(run_dir: Path, config: Optional[TrainConfig], val: Sequence[str],
+               split_file: Optional[os.PathLike], resume: bool, epochs: Optional[int]):
+    """The recipe, validation choice and state of a new run, or of the run in ``run_dir`` to resume:
+    ``(config, val, split_file, state, the saved training cases or None)``; refuses a bad recipe."""
+    from .losses import SegmentationLoss
+
+    saved_train = None
+    if resume:
+        if not (run_dir / "config.json").is_file() or not (run_dir / "last.keras").is_file():
+            raise InputError(f"{run_dir} holds no run to resume (config.json and last.keras are missing).")
+        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        config = TrainConfig.from_json(saved["config"])
+        val, split_file, saved_train = saved["split"]["val"], None, saved["split"]["train"]
+        state = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
+        if epochs:
+            config.epochs = int(epochs)
+    else:
+        config = config or TrainConfig()
+        if (run_dir / "config.json").exists():
+            raise OutputError(f"{run_dir} already holds a training run; use --resume to continue it or "
+                              "choose another output folder.")
+        state = {"epoch": 0, "best": None, "wait": 0}
+    if config.select not in ("best", "last"):
+        raise InputError(f"select must be 'best' or 'last', got {config.select!r}")
+    if config.n_classes not in (1, len(CLASS_NAMES)):
+        raise InputError(f"--classes must be 1 or {len(CLASS_NAMES)}, got {config.n_classes}")
+    SegmentationLoss(config.loss, config.n_classes)  # refuse a bad loss before the slow parts
+    return config, val, split_file, state, saved_train
+
+
+def _prepared_cases(cases_dir: Path, cache: Path, spec: ModelGridSpec, val: Sequence[str],
+                    split_file: Optional[os.PathLike], saved_train: Optional[Sequence[str]], log):
+    """The patient-wise split and its cases on the model grid (cached): ``(split, train, val)``."""
+    cases = find_cases(cases_dir)
+    split = make_split(cases, val=val, split_file=split_file)
+    if saved_train is not None and sorted(split.train) != sorted(saved_train):
+        raise InputError(f"The cases in {cases_dir} differ from those the run was started with.")
+    by_id = {c.case_id: c for c in cases}
+    t0 = time.monotonic()
+    train_cases = [prepare_case(by_id[c], cache, spec) for c in split.train]
+    val_cases = [prepare_case(by_id[c], cache, spec) for c in split.val]
+    log(f"Prepared {len(train_cases)} training case(s) ({sum(len(c) for c in train_cases)} slices) and "
+        f"{len(val_cases)} validation case(s) in {time.monotonic() - t0:.0f} s")
+    return split, train_cases, val_cases
+
+
+def _starting_model(run_dir: Path, config: TrainConfig, state: Dict, resume: bool, init_model, log):
+    """The network to train: the last checkpoint (resume), the ``init`` weights, or a new U-Net."""
+    import keras
+
+    from ..core.unet import build_unet
+
+    if resume:
+        keras_model = keras.models.load_model(run_dir / "last.keras", compile=True, safe_mode=True)
+        log(f"Resuming {run_dir} after epoch {state['epoch']}")
+        return keras_model
+    if init_model is not None:
+        keras_model = init_model
+        log(f"Starting from the weights of {config.init}")
+    else:
+        keras_model = build_unet(size=config.size, n_classes=config.n_classes,
+                                 base_filters=config.base_filters, depth=config.depth)
+    _compile(keras_model, config)
+    return keras_model
+
+
 def train(cases_dir: os.PathLike, run_dir: os.PathLike, config: Optional[TrainConfig] = None, *,
           val: Sequence[str] = (), split_file: Optional[os.PathLike] = None, resume: bool = False,
           epochs: Optional[int] = None, cache_dir: Optional[os.PathLike] = None, verbose: int = 1,
@@ -314,48 +380,16 @@ def train(cases_dir: os.PathLike, run_dir: os.PathLike, config: Optional[TrainCo
     """
     import keras
 
-    from .losses import SegmentationLoss
-    from ..core.unet import build_unet
-
     run_dir, cases_dir = Path(run_dir), Path(cases_dir)
-    if resume:
-        if not (run_dir / "config.json").is_file() or not (run_dir / "last.keras").is_file():
-            raise InputError(f"{run_dir} holds no run to resume (config.json and last.keras are missing).")
-        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        config = TrainConfig.from_json(saved["config"])
-        val, split_file = saved["split"]["val"], None
-        state = json.loads((run_dir / "state.json").read_text(encoding="utf-8"))
-        if epochs:
-            config.epochs = int(epochs)
-    else:
-        config = config or TrainConfig()
-        if (run_dir / "config.json").exists():
-            raise OutputError(f"{run_dir} already holds a training run; use --resume to continue it or "
-                              "choose another output folder.")
-        state = {"epoch": 0, "best": None, "wait": 0}
-    if config.select not in ("best", "last"):
-        raise InputError(f"select must be 'best' or 'last', got {config.select!r}")
-    if config.n_classes not in (1, 3):
-        raise InputError(f"--classes must be 1 or 3, got {config.n_classes}")
-    SegmentationLoss(config.loss, config.n_classes)  # refuse a bad loss before the slow parts
+    config, val, split_file, state, saved_train = _run_setup(run_dir, config, val, split_file, resume, epochs)
     init_model = None
     if config.init and not resume:
         from .finetune import initial_model
 
         init_model = initial_model(config.init, config)  # sets the grid/architecture of config
     spec = config.spec
-
-    cases = find_cases(cases_dir)
-    split = make_split(cases, val=val, split_file=split_file)
-    if resume and sorted(split.train) != sorted(saved["split"]["train"]):
-        raise InputError(f"The cases in {cases_dir} differ from those the run was started with.")
     cache = Path(cache_dir) if cache_dir else run_dir / "cache"
-    by_id = {c.case_id: c for c in cases}
-    t0 = time.monotonic()
-    train_cases = [prepare_case(by_id[c], cache, spec) for c in split.train]
-    val_cases = [prepare_case(by_id[c], cache, spec) for c in split.val]
-    log(f"Prepared {len(train_cases)} training case(s) ({sum(len(c) for c in train_cases)} slices) and "
-        f"{len(val_cases)} validation case(s) in {time.monotonic() - t0:.0f} s")
+    split, train_cases, val_cases = _prepared_cases(cases_dir, cache, spec, val, split_file, saved_train, log)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         _write_json(run_dir / "config.json", {"config": config.to_json(),
@@ -364,18 +398,7 @@ def train(cases_dir: os.PathLike, run_dir: os.PathLike, config: Optional[TrainCo
         (run_dir / "log.csv").unlink(missing_ok=True)  # left by a run that never finished an epoch
 
     keras.utils.set_random_seed(config.seed + state["epoch"])
-    if resume:
-        keras_model = keras.models.load_model(run_dir / "last.keras", compile=True, safe_mode=True)
-        log(f"Resuming {run_dir} after epoch {state['epoch']}")
-    elif init_model is not None:
-        keras_model = init_model
-        _compile(keras_model, config)
-        log(f"Starting from the weights of {config.init}")
-    else:
-        keras_model = build_unet(size=spec.size, n_classes=config.n_classes,
-                                 base_filters=config.base_filters, depth=config.depth)
-        _compile(keras_model, config)
-
+    keras_model = _starting_model(run_dir, config, state, resume, init_model, log)
     augment = Augmenter(config.augment_config) if config.augment else None
     sampler = SliceSampler(train_cases, config.n_classes, seed=config.seed * 1000 + state["epoch"],
                            lung_fraction=config.lung_fraction, augment=augment)
