@@ -116,3 +116,19 @@ def test_export_refuses_a_volume_not_from_dicom(mrml_app, dicom_ct):
     volumeNode.SetAttribute(INSTANCE_UIDS_ATTRIBUTE, "1.2.3.4 " + " ".join(DicomDatabase(files).files))
     with pytest.raises(InputError, match="has no file for 1 of the CT's"):
         dicomSourceFiles(volumeNode, DicomDatabase(files))
+
+
+def test_export_refuses_segments_not_on_the_dicom_grid(mrml_app, dicom_ct, tmp_path):
+    """A CT node whose grid is not the DICOM series' (here resampled to half the pixels) cannot become a
+    SEG of that series: the worker's refusal arrives as the library's OutputError, nothing is written."""
+    files, _, image = dicom_ct
+    coarse = tmp_path / "coarse.nrrd"
+    sitk.WriteImage(sitk.BinShrink(image, [2, 2, 1]), str(coarse))
+    logic = LungSegLogic()
+    logic.pythonExecutable = sys.executable
+    volumeNode = loaded_from_dicom(mrml_app, coarse, files)
+    segmentationNode = lung_segmentation(logic, volumeNode, lung_labels(sitk.ReadImage(str(coarse))))
+    out = tmp_path / "out" / "lungs.dcm"
+    with pytest.raises(OutputError, match="not on the source grid|orientation or pixel size"):
+        exportDicomSeg(logic, segmentationNode, volumeNode, str(out), dicomDatabase=DicomDatabase(files))
+    assert not out.exists()

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from LungSegLib.errors import InputError, OutputError
-from LungSegLib.worker import WorkerError, error_from_event, write_volume
+from LungSegLib.worker import WorkerError, error_from_event, parse_event, write_volume
 from LungSegLib.worker.export_seg import export_command, write_source_list
-from LungSegLib.worker.process import WorkerProcess, python_executable
+from LungSegLib.worker.process import python_executable
 
 #: Where Slicer's DICOM plugins store a loaded volume's instance UIDs (space separated).
 INSTANCE_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
@@ -116,31 +116,21 @@ def exportDicomSeg(logic, segmentationNode, volumeNode, outputPath: Optional[str
 
 
 def _runWorker(argv: List[str], env: Dict[str, str], cwd: str, timeout: float) -> Dict[str, Any]:
-    process = WorkerProcess(argv, env=env, cwd=cwd)
-    deadline = time.monotonic() + timeout
-    done: Optional[Dict[str, Any]] = None
-    error: Optional[Dict[str, Any]] = None
-    while True:
-        for event in process.events():
-            if event["event"] == "done":
-                done = event
-            elif event["event"] == "error":
-                error = event
-        if process.finished:
-            break
-        if time.monotonic() > deadline:
-            process.stop()
-            raise WorkerError(f"The DICOM SEG export did not finish in {timeout:.0f} s.", 1,
-                              process.stderr_text())
-        time.sleep(0.05)
-    for event in process.events():
-        done = event if event["event"] == "done" else done
-        error = event if event["event"] == "error" else error
-    if process.returncode != 0 or done is None:
+    """Run the export worker to its end (a few seconds) and return its ``done`` event; its ``error``
+    event becomes the library's exception."""
+    try:
+        run = subprocess.run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             encoding="utf-8", errors="replace", timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise WorkerError(f"The DICOM SEG export did not finish in {timeout:.0f} s.", 1,
+                          str(exc.stderr or "")) from exc
+    events = [e for e in (parse_event(line) for line in run.stdout.splitlines()) if e is not None]
+    done = next((e for e in events if e["event"] == "done"), None)
+    error = next((e for e in events if e["event"] == "error"), None)
+    if run.returncode != 0 or done is None:
         if error is not None:
-            raise error_from_event(error, process.stderr_text())
-        raise WorkerError(f"The DICOM SEG export worker exited with code {process.returncode}.", 1,
-                          process.stderr_text())
+            raise error_from_event(error, run.stderr)
+        raise WorkerError(f"The DICOM SEG export worker exited with code {run.returncode}.", 1, run.stderr)
     return done
 
 
