@@ -39,7 +39,9 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import __version__
+from .defaults import BATCH_SIZE
 from .errors import InputError, LungSegError, UsageError
+from .labels import by_side
 
 #: Volume file extensions read as one CT each (``.seg.nrrd`` files are segmentations, never inputs).
 VOLUME_SUFFIXES = (".nii.gz", ".nrrd", ".nhdr", ".nii", ".mha", ".mhd")
@@ -339,8 +341,8 @@ def segment_item(segmenter, item: BatchItem, output_root: Path, fmt: str, *, rep
         # overwrite: an output without a matching marker is a leftover of an interrupted run
         result = segmenter.segment_file(source, output, fmt=fmt, overwrite=True, extra_outputs=extra)
         volumes = result.volumes_ml()
-        row.right_lung_ml = f"{volumes['right lung']:.1f}"
-        row.left_lung_ml = f"{volumes['left lung']:.1f}"
+        row.right_lung_ml = f"{volumes[by_side('right').name.lower()]:.1f}"
+        row.left_lung_ml = f"{volumes[by_side('left').name.lower()]:.1f}"
         # named findings (core/checks.py): "code: message" so the CSV can be filtered by code
         row.warnings = " | ".join(f"{getattr(w, 'code', 'warning')}: {w}" for w in result.warnings)
         row.status = "done"
@@ -442,7 +444,7 @@ class BatchConfig:
     output_root: str
     fmt: str = "seg.nrrd"
     model: Optional[str] = None
-    batch_size: int = 8
+    batch_size: int = BATCH_SIZE
     threads: Optional[int] = None
     postprocess: bool = True
     check_hu: bool = True
