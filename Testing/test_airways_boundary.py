@@ -194,3 +194,27 @@ def test_partial_volume_rim_goes_but_dense_disease_at_the_pleura_stays():
     assert (out[cons] == 2).mean() > 0.97
     kept = postprocess(labels.copy(), PostprocessOptions(boundary_midpoint=False), ct=ct, spacing=SPACING)
     assert (kept[shell] > 0).all()
+
+
+def test_walled_gas_pocket_labelled_lung_is_removed_but_lung_air_is_not():
+    from LungSegLib.core.boundary import walled_gas
+
+    ct, truth, _ = chest(with_airways=False, seed=3)
+    z, r, c = np.ogrid[:SHAPE[0], :SHAPE[1], :SHAPE[2]]
+    labels = truth.copy()
+    # a gas pocket (−1000 HU, ~20 mm) in the soft tissue under the left lung's base, labelled left lung
+    # together with the 4.5 mm wall between them (the network's error)
+    pocket = (((z - 2) / 3.0) ** 2 + ((r - 66) / 13.0) ** 2 + ((c - 115) / 13.0) ** 2 <= 1) & (truth == 0)
+    ct[pocket] = -1000
+    wall = (((z - 2) / 5.0) ** 2 + ((r - 66) / 16.0) ** 2 + ((c - 115) / 16.0) ** 2 <= 1) & (truth == 0) & ~pocket
+    labels[pocket | wall] = 2
+    # a bulla (−990 HU) inside the right lung: emphysema is lung
+    bulla = (((z - 27) / 3.0) ** 2 + ((r - 66) / 10.0) ** 2 + ((c - 45) / 10.0) ** 2 <= 1)
+    ct[bulla] = -990
+    gas = walled_gas(labels, ct, SPACING)
+    assert gas[pocket].mean() > 0.95
+    assert not gas[bulla].any()
+    out = postprocess(labels.copy(), PostprocessOptions(remove_walled_gas=True), ct=ct, spacing=SPACING)
+    assert (out[pocket] > 0).mean() < 0.05 and (out[bulla] == 1).all()
+    default = postprocess(labels.copy(), PostprocessOptions(), ct=ct, spacing=SPACING)
+    assert (default[pocket] > 0).mean() > 0.95  # off by default

@@ -76,23 +76,29 @@ def network_probabilities(case: Case, model: Optional[LoadedModel] = None,
         data = np.load(path)
         return data["right"], data["left"]
     model = model or load_model(model_path)
-    from LungSegLib.core.inference import _predictor
-
-    resampler = resampler_for_volume(case.ct, case.spacing[1:], model.spec)
-    predictor = _predictor(model, 8)
-    right = np.zeros(case.ct.shape, np.float16)
-    left = np.zeros(case.ct.shape, np.float16)
-    for start in range(0, case.ct.shape[0], 8):
-        stop = min(case.ct.shape[0], start + 8)
-        x = resampler.to_model(case.ct[start:stop])
-        lung = predictor(x)[:, 1:]
-        back, (rows, cols) = resampler.to_input(lung, channel_axis=1)
-        right[start:stop, rows, cols] = back[:, 0]
-        left[start:stop, rows, cols] = back[:, 1]
+    right, left = probabilities(case.ct, case.spacing, model)
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, right=right, left=left)
     os.replace(tmp, path)
+    return right, left
+
+
+def probabilities(ct: np.ndarray, spacing, model: LoadedModel) -> Tuple[np.ndarray, np.ndarray]:
+    """(right, left) lung probabilities (float16) of the network for a canonical CT (not cached)."""
+    from LungSegLib.core.inference import _predictor
+
+    resampler = resampler_for_volume(ct, tuple(spacing[1:]), model.spec)
+    predictor = _predictor(model, 8)
+    right = np.zeros(ct.shape, np.float16)
+    left = np.zeros(ct.shape, np.float16)
+    for start in range(0, ct.shape[0], 8):
+        stop = min(ct.shape[0], start + 8)
+        x = resampler.to_model(ct[start:stop])
+        lung = predictor(x)[:, 1:]
+        back, (rows, cols) = resampler.to_input(lung, channel_axis=1)
+        right[start:stop, rows, cols] = back[:, 0]
+        left[start:stop, rows, cols] = back[:, 1]
     return right, left
 
 

@@ -141,3 +141,57 @@ def remove_partial_volume_rim(labels: np.ndarray, ct: np.ndarray, spacing: Seque
     rim = partial_volume_rim(labels, ct, spacing, options)
     labels[rim] = 0
     return int(rim.sum())
+
+
+@dataclass(frozen=True)
+class GasOptions:
+    """Walled gas pockets labelled lung (stomach or colon gas under a lung base): pure air (below
+    ``air_hu``) of at least ``min_ml`` whose surroundings (a ``shell_mm`` in-plane shell) are mostly
+    soft tissue (above ``tissue_hu``), not aerated lung. Emphysema and bullae are surrounded by
+    parenchyma and stay lung."""
+
+    air_hu: float = -950.0
+    tissue_hu: float = -500.0
+    min_ml: float = 2.0
+    shell_mm: float = 3.0
+    min_tissue_fraction: float = 0.5
+
+
+def walled_gas(labels: np.ndarray, ct: np.ndarray, spacing: Sequence[float],
+               options: GasOptions = GasOptions()) -> np.ndarray:
+    """Lung-labelled voxels of walled gas pockets, with the lung-labelled soft tissue of their wall."""
+    lung = labels > 0
+    air = lung & (ct < options.air_hu)
+    out = np.zeros_like(lung)
+    if not air.any():
+        return out
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    comp, n = ndimage.label(air)
+    sizes = np.bincount(comp.ravel(), minlength=n + 1)
+    big = np.flatnonzero(sizes[1:] * voxel_ml >= options.min_ml) + 1
+    if big.size == 0:
+        return out
+    radius = max(1, int(round(options.shell_mm / min(spacing[1], spacing[2]))))
+    disk = np.zeros((1, 2 * radius + 1, 2 * radius + 1), bool)
+    rr = np.arange(-radius, radius + 1)
+    disk[0] = rr[:, None] ** 2 + rr[None, :] ** 2 <= radius ** 2
+    objects = ndimage.find_objects(comp)
+    for i in big:
+        box = tuple(slice(max(0, s.start - (0 if a == 0 else radius)), s.stop + (0 if a == 0 else radius))
+                    for a, s in enumerate(objects[i - 1]))
+        part = comp[box] == i
+        shell = ndimage.binary_dilation(part, structure=disk) & ~part & ~(ct[box] < options.air_hu)
+        if not shell.any():
+            continue
+        tissue = ct[box][shell] > options.tissue_hu
+        if tissue.mean() >= options.min_tissue_fraction:
+            out[box] |= part | (shell & lung[box] & (ct[box] > options.tissue_hu))
+    return out
+
+
+def remove_walled_gas(labels: np.ndarray, ct: np.ndarray, spacing: Sequence[float],
+                      options: GasOptions = GasOptions()) -> int:
+    """Set :func:`walled_gas` voxels to background, in place; returns how many were removed."""
+    gas = walled_gas(labels, ct, spacing, options)
+    labels[gas] = 0
+    return int(gas.sum())

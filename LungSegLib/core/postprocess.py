@@ -39,6 +39,10 @@ class PostprocessOptions:
             voxels at or above the HU midpoint between aerated lung and soft tissue are not lung,
             unless they belong to dense tissue (:func:`.boundary.partial_volume_rim`; needs the CT).
             Makes volumes about 2-3 % smaller than radiotherapy contours, which include that rim.
+        remove_walled_gas: pure-air pockets (< −950 HU, ≥ 2 mL) labelled lung whose surroundings are
+            mostly soft tissue (stomach/colon gas under a lung base) are not lung
+            (:func:`.boundary.walled_gas`; needs the CT). Off by default: it also takes emphysema
+            against the pleura, and costs up to ~1 s (``benchmarks/results/robustness.md``).
     """
 
     keep_largest: bool = True
@@ -48,6 +52,7 @@ class PostprocessOptions:
     remove_airways: bool = True
     remove_boundary_fat: bool = False
     boundary_midpoint: bool = True
+    remove_walled_gas: bool = False
 
 
 def postprocess(labels: np.ndarray, options: PostprocessOptions = PostprocessOptions(),
@@ -92,6 +97,10 @@ def postprocess(labels: np.ndarray, options: PostprocessOptions = PostprocessOpt
         from .boundary import remove_partial_volume_rim
 
         remove_partial_volume_rim(box, ct_box, spacing)
+    if options.remove_walled_gas and ct_box is not None:
+        from .boundary import remove_walled_gas
+
+        remove_walled_gas(box, ct_box, spacing)
     return labels
 
 
