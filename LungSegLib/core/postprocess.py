@@ -66,7 +66,7 @@ def postprocess(labels: np.ndarray, options: PostprocessOptions = PostprocessOpt
     if not labels.any():
         return labels
     # every step gives the same result on the lungs' box (one voxel wider) as on the whole volume
-    box_slices = _bbox_slices(labels > 0)
+    box_slices = _lungs_box(labels)
     box = labels[box_slices]
     ct_box = None if ct is None or spacing is None else ct[box_slices]
     if ct_box is not None and ct_box.dtype.kind == "f" and not np.isfinite(ct_box).all():
@@ -79,8 +79,8 @@ def postprocess(labels: np.ndarray, options: PostprocessOptions = PostprocessOpt
 
         # found before the clean-up (the seed needs both lungs), removed before keep_largest so that
         # what the airway cut off from a lung is dropped as an island
-        airway = find_central_airways(ct_box, box, spacing).mask
-        box[airway] = 0
+        airway = _Sparse(find_central_airways(ct_box, box, spacing).mask)  # kept small until used again
+        airway.clear(box)
     if options.keep_largest:
         keep_main_components(box, options.min_component_fraction)
     if options.fix_sides:
@@ -88,7 +88,7 @@ def postprocess(labels: np.ndarray, options: PostprocessOptions = PostprocessOpt
     if options.fill_holes:
         fill_lung_holes(box)
     if airway is not None:
-        box[airway] = 0  # a bronchus enclosed by lung in a slice was filled back in
+        airway.clear(box)  # a bronchus enclosed by lung in a slice was filled back in
     if options.remove_boundary_fat and ct_box is not None:
         from .boundary import remove_boundary_fat
 
@@ -102,6 +102,30 @@ def postprocess(labels: np.ndarray, options: PostprocessOptions = PostprocessOpt
 
         remove_walled_gas(box, ct_box, spacing)
     return labels
+
+
+class _Sparse:
+    """A mask kept as its bounding box (the airway tree: a small part of the lungs' box), so it does not
+    hold a byte per voxel of the whole box while the other steps run."""
+
+    def __init__(self, mask: np.ndarray):
+        self.where = _bbox_slices(mask, margin=0) if mask.any() else None
+        self.mask = mask[self.where].copy() if self.where is not None else None
+
+    def clear(self, labels: np.ndarray) -> None:
+        """Set ``labels`` to 0 under the mask."""
+        if self.where is not None:
+            labels[self.where][self.mask] = 0
+
+
+def _lungs_box(labels: np.ndarray, margin: int = 1) -> Tuple[slice, ...]:
+    """:func:`_bbox_slices` of ``labels > 0`` found slab by slab (no whole-volume mask: 0.26 GB at
+    1000 slices); ``labels`` holds at least one lung voxel."""
+    boxes = [b for b in label_extents(labels, [RIGHT, LEFT]).values() if b is not None]
+    if not boxes:  # other values only
+        return _bbox_slices(labels > 0, margin)
+    return tuple(slice(max(0, min(b[axis][0] for b in boxes) - margin),
+                       max(b[axis][1] for b in boxes) + 1 + margin) for axis in range(3))
 
 
 def _bbox_slices(mask: np.ndarray, margin: int = 1) -> Tuple[slice, ...]:
