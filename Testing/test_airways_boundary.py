@@ -68,8 +68,11 @@ def test_trachea_and_main_bronchi_are_found_in_a_synthetic_chest():
 def test_postprocess_removes_airways_labelled_lung_and_leaves_the_lungs():
     ct, truth, lumen = chest()
     labels = truth.copy()
-    labels[lumen & (np.arange(SHAPE[2]) < 80)[None, None, :]] = 1  # the network's error: airway = right lung
-    labels[lumen & (np.arange(SHAPE[2]) >= 80)[None, None, :]] = 2
+    # the network's error: airway = lung, from 15 mm below the lungs' top down (at the apices, where
+    # the seed is found, the trachea is clear of the lungs, as on the shared cases)
+    error = lumen & (np.arange(SHAPE[0]) < 44)[:, None, None]
+    labels[error & (np.arange(SHAPE[2]) < 80)[None, None, :]] = 1
+    labels[error & (np.arange(SHAPE[2]) >= 80)[None, None, :]] = 2
     before = int((labels[lumen] > 0).sum())
     assert before > 1000
     out = postprocess(labels.copy(), PostprocessOptions(), ct=ct, spacing=SPACING)
@@ -218,3 +221,17 @@ def test_walled_gas_pocket_labelled_lung_is_removed_but_lung_air_is_not():
     assert (out[pocket] > 0).mean() < 0.05 and (out[bulla] == 1).all()
     default = postprocess(labels.copy(), PostprocessOptions(), ct=ct, spacing=SPACING)
     assert (default[pocket] > 0).mean() > 0.95  # off by default
+
+
+def test_dark_lung_between_the_apices_is_not_taken_for_a_trachea():
+    # no trachea in the scan (it starts below the carina), but an emphysematous (−990 HU) patch in the
+    # medial part of the right lung's top slices: that is lung and must stay lung
+    ct, truth, _ = chest(with_airways=False, seed=4)
+    z, r, c = np.ogrid[:SHAPE[0], :SHAPE[1], :SHAPE[2]]
+    patch = (((r - 66) / 6.0) ** 2 + ((c - 66) / 6.0) ** 2 <= 1) & (z >= 38) & (truth == 1)
+    assert patch.sum() > 100
+    ct[patch] = -990
+    result = find_central_airways(ct, truth, SPACING)
+    assert not (result.mask & patch).any()
+    out = postprocess(truth.copy(), PostprocessOptions(), ct=ct, spacing=SPACING)
+    assert (out[patch] == 1).all()

@@ -133,6 +133,10 @@ def find_seed(ct: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
             fill = part.sum() / part.size
             if abs(c - mid) > 0.5 * half or not row_lo <= r <= row_hi or fill < 0.4:
                 continue
+            # on the lungs' top slices the trachea lies outside the lung labels: a dark patch that is
+            # mostly labelled lung is emphysema (e.g. a scan that starts below the carina)
+            if np.count_nonzero(lungs[z][obj][part]) > 0.5 * part.sum():
+                continue
             if area > best_area:
                 best, best_area = i, area
         if best:
