@@ -161,8 +161,8 @@ def score(case: Case, labels: np.ndarray, expected: np.ndarray, base_volume: flo
     return row
 
 
-def run() -> List[Dict]:
-    model = load_model(bundled_model_path())
+def run(model_path=None, only: str = "") -> List[Dict]:
+    model = load_model(model_path or bundled_model_path())
     rows = []
     for name in case_names():
         case = load_case(name)
@@ -173,6 +173,8 @@ def run() -> List[Dict]:
             labels = postprocess(base.copy(), options, ct=case.ct, spacing=case.spacing)
             base_volume[variant] = float((labels > 0).sum() * case.voxel_ml)
         for paint, kind, ct, region in paints(case, rng):
+            if only and not any(word in paint for word in only.split(",")):
+                continue
             expected = case.truth.copy()
             if kind == "not lung":
                 expected[region] = 0
@@ -198,12 +200,23 @@ def table(rows: List[Dict]) -> str:
 
 
 def main() -> None:
-    rows = run()
-    out = Path(__file__).resolve().parent / "results" / "robustness"
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model file (default: the bundled model)")
+    parser.add_argument("--only", default="", help="comma-separated words: only the changes whose name has one")
+    parser.add_argument("--name", default="robustness", help="output stem in benchmarks/results")
+    args = parser.parse_args()
+    rows = run(args.model, args.only)
+    out = Path(__file__).resolve().parent / "results" / args.name
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    command = "python benchmarks/robustness.py" + "".join(
+        f" --{k} {v}" for k, v in (("model", args.model), ("only", args.only), ("name", args.name))
+        if v and v != "robustness")
+    model = args.model or "bundled model"
     out.with_suffix(".md").write_text(
-        "# Robustness: painted disease and lookalikes (bundled model, its own training cases)\n\n"
-        "`python benchmarks/robustness.py`; what each change is and what is expected: the script's docstring.\n\n"
+        f"# Robustness: painted disease and lookalikes ({model}, the shared cases = its training cases)\n\n"
+        f"`{command}`; what each change is and what is expected: the script's docstring.\n\n"
         + table(rows) + "\n")
     print(table(rows))
 
