@@ -10,8 +10,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
-#: Voxels counted per step (a 64-bit copy of this many is 32 MB).
-_CHUNK = 1 << 22
+#: Voxels counted per step (a 64-bit copy of this many is 8 MB).
+_CHUNK = 1 << 20
 
 
 def label_counts(labels: np.ndarray, minlength: int = 0) -> np.ndarray:

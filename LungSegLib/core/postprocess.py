@@ -227,7 +227,7 @@ def fill_lung_holes(labels: np.ndarray) -> np.ndarray:
 
 
 #: Slices per step of the per-slice hole filling.
-_SLAB = 32
+_SLAB = 8
 
 
 def _value_box(labels: np.ndarray, value: int, margin: int = 1) -> Optional[Tuple[slice, ...]]:
