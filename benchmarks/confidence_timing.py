@@ -10,7 +10,7 @@ configuration, in the same process and interleaved (so a change of machine load 
 * ``off``: ``review=False`` -- no confidence, nothing extra (the code path of before);
 * ``review``: confidence statistics, density measures, review list (``review=True``);
 * ``flip``: ``review=True, flip=True`` -- the mirrored pass on the slices the plain pass is unsure
-  about (at most 25 % of them);
+  about (at most 20 % of them);
 * ``flip_all``: the mirrored pass on every slice (classic test-time augmentation), for comparison.
 
 The median over rounds is reported, with the extra time over ``off`` in %. Inputs: the shipped sample
@@ -102,8 +102,8 @@ def main() -> int:
                      f"{r['mirrored_slices'].get('flip', 0)} / {r['mirrored_slices'].get('flip_all', 0)} |")
     lines += ["", "`off` runs exactly the code path without the review aids: the inference loop only tests "
               "`scorer is not None` once per batch.", "",
-              "The selective flip mirrors at most 25 % of the slices (those the plain pass is unsure about), so "
-              "its cost is bounded by a quarter of the network time; `flip_all` doubles the network time "
+              "The selective flip mirrors at most 20 % of the slices (those the plain pass is unsure about), so "
+              "its cost is bounded by a fifth of the network time; `flip_all` doubles the network time "
               "(see `benchmarks/results/confidence.md` for whether the flip ranks the bad slices better)."]
     (RESULTS / "confidence_timing.md").write_text("\n".join(lines) + "\n")
     print(f"Wrote {RESULTS / 'confidence_timing.md'}")

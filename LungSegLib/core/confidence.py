@@ -19,7 +19,7 @@ The per-slice *score* the review list ranks by is chosen by measurement on the s
 Everything is computed only on the rows and columns where some lung probability is >= 0.05 (the lungs'
 box on the model grid) and only when asked: inference without a scorer does none of this.
 
-With ``flip=True`` the slices the plain pass is unsure about (at most a quarter of the volume) also run
+With ``flip=True`` the slices the plain pass is unsure about (at most a fifth of the volume) also run
 mirrored, and those slices are relabelled from the average of the two passes; ``flip_all=True``
 mirrors every slice (the usual test-time augmentation: a whole second network pass).
 """
@@ -60,7 +60,7 @@ class ConfidenceOptions:
     flip: bool = False
     flip_all: bool = False
     flip_min_score: float = 0.02
-    flip_max_fraction: float = 0.25
+    flip_max_fraction: float = 0.2
 
 
 @dataclass
