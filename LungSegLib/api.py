@@ -234,14 +234,7 @@ class LungSegmenter:
                 "without --strict to write the result with its warnings.", result.warnings)
         stage("write")
         t1 = time.perf_counter()
-        if source_files is not None:
-            from .core.dicomseg import write_dicom_seg
-
-            write_dicom_seg(result.labels, geometry, source_files, outputs.temp("output"), overwrite=True,
-                            model_name=self.model_name)
-        else:
-            save_labelmap(result.labels, geometry, outputs.temp("output"), fmt, target=output_path)
-        if "overview" in outputs:
+        if "overview" in outputs:  # the one output that needs the CT: first, so the CT can go
             from .core.overview import write_overview
 
             try:
@@ -249,6 +242,14 @@ class LungSegmenter:
             except OSError as exc:
                 raise OutputError(f"Could not write the overview {outputs.paths['overview']}: "
                                   f"{exc.strerror or exc}") from exc
+        del volume, image  # the CT's memory (2 bytes per voxel) is free before the labelmap is copied out
+        if source_files is not None:
+            from .core.dicomseg import write_dicom_seg
+
+            write_dicom_seg(result.labels, geometry, source_files, outputs.temp("output"), overwrite=True,
+                            model_name=self.model_name)
+        else:
+            save_labelmap(result.labels, geometry, outputs.temp("output"), fmt, target=output_path)
         for role, writer in writers.items():
             if role in outputs:
                 writer(result, outputs.temp(role))
