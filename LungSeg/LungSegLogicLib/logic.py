@@ -17,7 +17,6 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-import LungSegLib
 from LungSegLib.defaults import WORKER_BATCH_SIZE
 from LungSegLib.errors import Cancelled, InputError, LungSegError
 from LungSegLib.labels import LUNG_LABELS, SEGMENT_NAMES
@@ -26,13 +25,12 @@ from LungSegLib.worker import (Finding, WorkerError, error_from_event, read_labe
 
 from LungSegLib.worker.process import WorkerProcess, python_executable
 
+# LIBRARY_ROOT, REQUIREMENTS_FILE and missing_requirements are imported here for the package's callers
+from .environment import LIBRARY_ROOT, REQUIREMENTS_FILE, missing_requirements  # noqa: F401
+
 #: ``progressCallback(done_slices, total_slices, status_text)``
 ProgressCallback = Callable[[int, int, str], None]
 
-#: The folder that holds the ``LungSegLib`` package (the worker needs it on its PYTHONPATH).
-LIBRARY_ROOT = Path(LungSegLib.__file__).resolve().parent.parent
-#: ``Resources/requirements.txt``, beside ``LungSegLib`` in the repository and in an installed extension.
-REQUIREMENTS_FILE = LIBRARY_ROOT / "Resources" / "requirements.txt"
 # SEGMENT_NAMES (from the label table, label 1 then 2) are the segments LungSeg owns; other segments of
 # an output segmentation are never touched.
 
@@ -72,46 +70,6 @@ def volume_array(volumeNode) -> np.ndarray:
     view = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1])
     view.flags.writeable = False
     return view
-
-
-#: Distributions that all provide the ``tensorflow`` package: any one satisfies a TensorFlow requirement,
-#: so a user's GPU build is not doubled by a CPU build.
-TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-macos", "tensorflow-intel")
-
-
-def _installed_version(name: str) -> Optional[str]:
-    from importlib import metadata
-
-    names = TENSORFLOW_DISTRIBUTIONS if name.lower() in TENSORFLOW_DISTRIBUTIONS else (name,)
-    for candidate in names:
-        try:
-            return metadata.version(candidate)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def missing_requirements(path: Path = REQUIREMENTS_FILE) -> List[str]:
-    """Requirements of ``path`` (those for this platform, as pip arguments) that this Python lacks.
-
-    Only package metadata is read, nothing is imported, so this is fast and safe from the GUI.
-    """
-    try:
-        from packaging.requirements import Requirement
-    except ImportError:  # Slicer versions without the standalone package still have pip's copy
-        from pip._vendor.packaging.requirements import Requirement
-    missing = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        req = Requirement(line)
-        if req.marker is not None and not req.marker.evaluate():
-            continue
-        version = _installed_version(req.name)
-        if version is None or not req.specifier.contains(version, prereleases=True):
-            missing.append(f"{req.name}{req.specifier}")  # no marker, no spaces: one pip argument
-    return missing
 
 
 @dataclass
