@@ -35,25 +35,42 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _command(sub, name: str, func, help: str, description: str, epilog: str = EXIT_CODES):
+    """Add subcommand ``name`` run by ``func(args) -> exit code``; its help lists the exit codes."""
+    p = sub.add_parser(name, help=help, description=description, epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_network_options(
+        p, model_help: str = "exported weights (.npz) or a .keras model, with its .json card (default: the "
+                             "bundled model)",
+        batch_type=_batch_size, batch_default: int = BATCH_SIZE,
+        batch_help: str = f"slices per network call, 1-{MAX_BATCH_SIZE} (default {BATCH_SIZE}; memory grows "
+                          "with it)",
+        threads_help: str = "CPU threads (default: all cores)",
+        postprocess_help: str = "keep the raw network output (no component clean-up, hole filling or side "
+                                "check)") -> None:
+    """``--model``, ``--batch-size``, ``--threads`` and ``--no-postprocess``: how a command runs the network
+    (the defaults are those of ``segment``)."""
+    p.add_argument("--model", help=model_help)
+    p.add_argument("--batch-size", type=batch_type, default=batch_default, help=batch_help)
+    p.add_argument("--threads", type=_positive_int, default=None, help=threads_help)
+    p.add_argument("--no-postprocess", action="store_true", help=postprocess_help)
+
+
 def _add_segment_parser(sub) -> None:
-    p = sub.add_parser(
-        "segment", help="segment the lungs in a CT file or DICOM folder",
+    p = _command(
+        sub, "segment", _run_segment, help="segment the lungs in a CT file or DICOM folder",
         description="Segment right (label 1) and left (label 2) lung in a chest CT. INPUT is a CT in "
                     "HU (.nrrd, .nii, .nii.gz, .mha, .mhd) or a folder with a DICOM series. The output "
-                    "lies on exactly the input's voxel grid.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "lies on exactly the input's voxel grid.")
     p.add_argument("input", help="CT image file or DICOM series folder")
     p.add_argument("output", help="output labelmap: .seg.nrrd (3D Slicer segmentation), .nrrd, .nii.gz, "
                                   ".nii, .mha, or .dcm (DICOM SEG; needs a DICOM folder as INPUT and "
                                   "pip install 'lungseg[dicom]')")
-    p.add_argument("--model", help="exported weights (.npz) or a .keras model, with its .json card "
-                                   "(default: the bundled model)")
-    p.add_argument("--batch-size", type=_batch_size, default=BATCH_SIZE,
-                   help=f"slices per network call, 1-{MAX_BATCH_SIZE} (default {BATCH_SIZE}; memory grows "
-                        "with it)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--no-postprocess", action="store_true",
-                   help="keep the raw network output (no component clean-up, hole filling or side check)")
+    _add_network_options(p)
     p.add_argument("--format", choices=FORMATS,
                    help="output format (default: from OUTPUT's extension)")
     p.add_argument("--overview", metavar="PNG", help="also write a PNG with axial/coronal overlays")
@@ -80,7 +97,6 @@ def _add_segment_parser(sub) -> None:
                         "image border, thick slices, oblique or unusual spacing, non-HU or NaN voxels")
     p.add_argument("--quiet", action="store_true",
                    help="print errors only (no progress bar, status lines, warnings or summary)")
-    p.set_defaults(func=_run_segment)
 
 
 def _run_segment(args) -> int:
@@ -158,15 +174,14 @@ def _report_outputs(args, segmenter):
 
 
 def _add_train_parser(sub) -> None:
-    p = sub.add_parser(
-        "train", help="train a lung segmentation U-Net on CT + labelmap cases",
+    p = _command(
+        sub, "train", _run_train, help="train a lung segmentation U-Net on CT + labelmap cases",
         description="Train the 2-D U-Net on a folder of cases (one subfolder per case holding ct.nrrd + "
                     "label.nrrd, or image/ct.nii.gz + label.nii.gz; labels 0/1 right/2 left or one lung "
                     "value). Writes RUN_DIR/best.keras with its model card best.json, the same weights "
                     "exported as best.weights.npz + best.weights.json (the form to ship: it loads with any "
                     "supported Keras), last.keras for --resume, and log.csv. Slices go through exactly "
-                    "the inference preprocessing.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "the inference preprocessing.")
     p.add_argument("cases_dir", help="folder with one subfolder per case")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (created)")
     split = p.add_mutually_exclusive_group()
@@ -201,7 +216,6 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last epoch")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
-    p.set_defaults(func=_run_train)
 
 
 def _run_train(args) -> int:
@@ -225,17 +239,15 @@ def _run_train(args) -> int:
 
 
 def _add_export_parser(sub) -> None:
-    p = sub.add_parser(
-        "export-weights", help="convert a .keras model + card to exported weights (.npz + card)",
+    p = _command(
+        sub, "export-weights", _run_export, help="convert a .keras model + card to exported weights (.npz + card)",
         description="Write the weights of a .keras model from `lungseg train` (with its .json card) as named "
                     "arrays in OUT (.npz, no pickle) with a card OUT.json giving the architecture, so the "
                     "model loads with any supported Keras version (a .keras file needs the Keras that "
-                    "saved it or newer). The export is loaded back and checked to be bit-identical.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "saved it or newer). The export is loaded back and checked to be bit-identical.")
     p.add_argument("model", help="a .keras model with its .json card")
     p.add_argument("out", help="the weights file to write (.npz); its card is written beside it (.json)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT and its card if they exist")
-    p.set_defaults(func=_run_export)
 
 
 def _run_export(args) -> int:
@@ -248,16 +260,15 @@ def _run_export(args) -> int:
 
 
 def _add_evaluate_parser(sub) -> None:
-    p = sub.add_parser(
-        "evaluate", help="score predicted labelmaps (or a model) against ground-truth cases",
+    p = _command(
+        sub, "evaluate", _run_evaluate, help="score predicted labelmaps (or a model) against ground-truth cases",
         description="Compare right/left lung labelmaps with ground truth: Dice, IoU, HD95 and ASSD (mm), "
                     "volumes (mL) per case and lung, a right/left swap check, and mean ± SD over cases. "
                     "PRED_OR_MODEL is a folder of predictions named after the cases (<case>.seg.nrrd, "
                     "<case>.nrrd, <case>.nii.gz or <case>/label.nrrd), a model (.npz weights or .keras) with its card, or "
                     "'bundled' for the bundled model; a model is run on each case's CT. GROUND_TRUTH_DIR "
                     "holds one folder per case with ct.nrrd and label.nrrd (0/1/2) and optionally "
-                    "info.json, whose suspect_slices_label_z are left out.",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "info.json, whose suspect_slices_label_z are left out.")
     p.add_argument("prediction", metavar="PRED_OR_MODEL",
                    help="prediction folder, model file (.npz or .keras), or 'bundled'")
     p.add_argument("ground_truth", metavar="GROUND_TRUTH_DIR", help="folder of ground-truth case folders")
@@ -270,7 +281,6 @@ def _add_evaluate_parser(sub) -> None:
     p.add_argument("--no-postprocess", action="store_true", help="with a model: keep the raw network output")
     p.add_argument("--overwrite", action="store_true", help="replace existing reports in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar or table")
-    p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args) -> int:
@@ -361,14 +371,14 @@ def _evaluate_folder(args, source: str, cases, bar):
 def _add_import_rt_parser(sub) -> None:
     from .training.rtstruct import DEFAULT_LEFT_NAMES, DEFAULT_LUNG_NAMES, DEFAULT_RIGHT_NAMES
 
-    p = sub.add_parser(
-        "import-rt", help="convert a DICOM CT series + RTSTRUCT into ct.nrrd + label.nrrd (a training case)",
+    p = _command(
+        sub, "import-rt", _run_import_rt,
+        help="convert a DICOM CT series + RTSTRUCT into ct.nrrd + label.nrrd (a training case)",
         description="Rasterise the lung contours of a radiotherapy structure set onto its CT: writes "
                     "OUT_CASE_DIR/ct.nrrd (HU), label.nrrd (0 background, 1 right lung, 2 left lung) and "
                     "info.json (which structures were used or ignored, volumes, skipped contours). "
                     "Structure names are matched case-insensitively; a single structure for both lungs "
-                    "is split into sides by patient position. Needs pydicom (pip install 'lungseg[train]').",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                    "is split into sides by patient position. Needs pydicom (pip install 'lungseg[train]').")
     p.add_argument("dicom_ct_dir", metavar="DICOM_CT_DIR", help="folder with the CT series")
     p.add_argument("rtstruct", metavar="RTSTRUCT_FILE", help="the RTSTRUCT DICOM file")
     p.add_argument("out_case_dir", metavar="OUT_CASE_DIR", help="case folder to create")
@@ -381,7 +391,6 @@ def _add_import_rt_parser(sub) -> None:
                         "matches (default: " + ", ".join(DEFAULT_LUNG_NAMES) + ")")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in OUT_CASE_DIR")
     p.add_argument("--quiet", action="store_true", help="no report on the terminal")
-    p.set_defaults(func=_run_import_rt)
 
 
 def _run_import_rt(args) -> int:
@@ -396,8 +405,8 @@ def _run_import_rt(args) -> int:
 
 
 def _add_batch_parser(sub) -> None:
-    p = sub.add_parser(
-        "batch", help="segment every CT under a folder (resumable; shards for job arrays)",
+    p = _command(
+        sub, "batch", _run_batch, help="segment every CT under a folder (resumable; shards for job arrays)",
         description="Segment every CT under INPUT_ROOT -- DICOM series (grouped by Series Instance UID, "
                     "also across nested folders) and .nrrd/.nhdr/.nii/.nii.gz/.mha/.mhd files -- into the "
                     "same folder structure under OUTPUT_ROOT, and write OUTPUT_ROOT/summary.csv (input, "
@@ -407,8 +416,7 @@ def _add_batch_parser(sub) -> None:
                     "loaded once per process.",
         epilog="exit codes: 0 the run went through every CT (failed ones are in the summary with their "
                "reason), 3 with --strict some CTs failed, or with --merge some CTs were not run by any shard, "
-               "2 usage, 4 output problem, 5 model problem, 130 cancelled.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+               "2 usage, 4 output problem, 5 model problem, 130 cancelled.")
     p.add_argument("input_root", metavar="INPUT_ROOT", help="folder searched for CTs (recursively)")
     p.add_argument("output_root", metavar="OUTPUT_ROOT", help="folder for the outputs and summary.csv")
     p.add_argument("--format", choices=FORMATS, default="seg.nrrd",
@@ -427,17 +435,15 @@ def _add_batch_parser(sub) -> None:
     p.add_argument("--include", action="append", metavar="GLOB",
                    help="only volume files whose name matches (e.g. 'ct.nrrd'; repeatable); DICOM series "
                         "are always included")
-    p.add_argument("--model", help="a .keras model with its .json card (default: the bundled model)")
-    p.add_argument("--batch-size", type=_positive_int, default=8, help="slices per network call (default 8)")
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help="CPU threads with --jobs 1 (default: all cores; with --jobs N each worker gets "
-                        "cores/N)")
-    p.add_argument("--no-postprocess", action="store_true", help="keep the raw network output")
+    _add_network_options(
+        p, model_help="a .keras model with its .json card (default: the bundled model)",
+        batch_type=_positive_int, batch_default=8, batch_help="slices per network call (default 8)",
+        threads_help="CPU threads with --jobs 1 (default: all cores; with --jobs N each worker gets cores/N)",
+        postprocess_help="keep the raw network output")
     p.add_argument("--no-hu-check", action="store_true", help="do not refuse non-HU intensities")
     p.add_argument("--strict", action="store_true", help="exit 3 when any CT failed (default: exit 0, the "
                                                          "failures are in the summary)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary line")
-    p.set_defaults(func=_run_batch)
 
 
 def _run_batch(args) -> int:
