@@ -166,28 +166,32 @@ def keep_main_components(labels: np.ndarray, min_fraction: float = 0.1) -> np.nd
 
 def _touching_components(comp: np.ndarray, selected: np.ndarray, labels: np.ndarray, other: int) -> np.ndarray:
     """Per label of ``comp`` (index = label), whether a voxel of a ``selected[label]`` component has a
-    26-neighbour of value ``other`` in ``labels``. Gathers only around the selected voxels (found slab by
-    slab), never a mask of the whole box."""
+    26-neighbour of value ``other`` in ``labels``. Slab by slab (never a mask of the whole box): the
+    slab's ``other`` voxels (with a one-slice halo) are dilated by the 3 x 3 x 3 cube as three
+    separable 1-D shifts, and the selected voxels under it name the touching components (one pass per
+    slab instead of 26 gathers per selected voxel)."""
     touching = np.zeros(selected.size, dtype=bool)
-    parts = []
-    for k0 in range(0, comp.shape[0], _SLAB):
-        k, j, i = np.nonzero(selected[comp[k0:k0 + _SLAB]])
-        if k.size:
-            parts.append((k + k0, j, i))
-    if not parts:
-        return touching
-    where = [np.concatenate(axis) for axis in zip(*parts)]
-    ids = comp[tuple(where)]
-    shape = np.array(labels.shape)
-    for offset in np.argwhere(_CONNECT_26) - 1:
-        if not offset.any():
+    depth = comp.shape[0]
+    for k0 in range(0, depth, _SLAB):
+        k1 = min(depth, k0 + _SLAB)
+        ids = comp[k0:k1]
+        chosen = selected[ids]
+        if not chosen.any():
             continue
-        nb = [w + o for w, o in zip(where, offset)]
-        inside = np.ones(ids.size, dtype=bool)
-        for axis in range(3):
-            inside &= (nb[axis] >= 0) & (nb[axis] < shape[axis])
-        hit = labels[tuple(n[inside] for n in nb)] == other
-        touching[ids[inside][hit]] = True
+        h0, h1 = max(0, k0 - 1), min(depth, k1 + 1)
+        near = labels[h0:h1] == other
+        if not near.any():
+            continue
+        for axis in (2, 1, 0):  # the cube's dilation, axis by axis (beyond the array: nothing)
+            grown = near.copy()
+            lo = [slice(None)] * 3
+            hi = [slice(None)] * 3
+            lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+            grown[tuple(lo)] |= near[tuple(hi)]
+            grown[tuple(hi)] |= near[tuple(lo)]
+            near = grown
+        near = near[k0 - h0:k0 - h0 + (k1 - k0)]
+        touching[ids[chosen & near]] = True
     return touching
 
 
