@@ -8,8 +8,9 @@ import sys
 from typing import List, Optional
 
 from . import __version__
-from .defaults import BATCH_SIZE, FORMATS, MAX_BATCH_SIZE, PRECISIONS, TRAIN_BATCH_SIZE
+from .defaults import BATCH_SIZE, FORMATS, LOSSES, MAX_BATCH_SIZE, PRECISIONS, TRAIN_BATCH_SIZE
 from .errors import Cancelled, LungSegError, exit_codes_help, exit_meanings
+from .labels import CLASS_NAMES, MODEL_CHANNELS
 
 EXIT_CODES = exit_codes_help(exit_meanings(notes={LungSegError.exit_code: "please report it with the message",
                                                   Cancelled.exit_code: "Ctrl+C or SIGTERM"}))
@@ -188,9 +189,9 @@ def _add_train_parser(sub) -> None:
     split.add_argument("--val", nargs="+", default=(), metavar="CASE",
                        help="validation case(s) (e.g. one left-out patient); the others train")
     split.add_argument("--split", metavar="JSON", help='split file {"train": [cases], "val": [cases]}')
-    p.add_argument("--classes", type=int, choices=(1, 3), default=3,
-                   help="3: background/right/left (default); 1: binary lung model")
-    p.add_argument("--loss", choices=("ce_dice", "ce", "dice", "bce"), default="ce_dice",
+    p.add_argument("--classes", type=int, choices=MODEL_CHANNELS, default=len(CLASS_NAMES),
+                   help=f"{len(CLASS_NAMES)}: background/right/left (default); 1: binary lung model")
+    p.add_argument("--loss", choices=LOSSES, default=LOSSES[0],
                    help="cross-entropy + Dice (default), cross-entropy, Dice, or binary CE (1 class)")
     p.add_argument("--base-filters", type=int, default=8, help="filters of the first level (default 8)")
     p.add_argument("--depth", type=int, default=4, help="number of 2x poolings (default 4)")

@@ -35,5 +35,8 @@ MAX_BATCH_SIZE = 64
 FORMATS: Tuple[str, ...] = ("seg.nrrd", "nrrd", "nii.gz", "nii", "mha", "dcm")
 #: Arithmetic of the network's hidden layers.
 PRECISIONS: Tuple[str, ...] = ("float32", "bfloat16", "auto")
+#: ``lungseg train --loss``: cross-entropy + Dice (the default, first), cross-entropy, Dice, binary CE
+#: (one-class models); :class:`LungSegLib.training.losses.SegmentationLoss` implements each.
+LOSSES: Tuple[str, ...] = ("ce_dice", "ce", "dice", "bce")
 #: Where the worker runs the network.
 DEVICES: Tuple[str, ...] = ("auto", "cpu", "gpu")

@@ -77,6 +77,8 @@ LUNG_LABELS: Tuple[Label, ...] = (
 CLASS_NAMES: Tuple[str, ...] = ("background",) + tuple(label.name.lower() for label in LUNG_LABELS)
 #: The class names of a binary (lung / not lung) model; its sides are split by patient position.
 BINARY_CLASS_NAMES: Tuple[str, ...] = ("background", "lung")
+#: The output channels a model may have: one (sigmoid lung, binary model) or one per class (softmax).
+MODEL_CHANNELS: Tuple[int, ...] = (1, len(CLASS_NAMES))
 
 #: Segment names LungSeg owns in a segmentation (label 1 then 2).
 SEGMENT_NAMES: Tuple[str, ...] = tuple(label.name for label in LUNG_LABELS)
