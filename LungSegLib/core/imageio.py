@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -73,23 +74,57 @@ def read_ct(path: os.PathLike) -> sitk.Image:
                              "or a DICOM series folder.")
         if path.stat().st_size == 0:
             raise InputError(f"{path} is an empty file (0 bytes).")
-        verify_compressed_input(path)  # ITK reads corrupt or truncated gzip/zlib data silently
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
+        # ITK reads corrupt or truncated gzip/zlib data silently: the stream is verified (a second
+        # decompression) in a thread while ITK reads (both release the GIL), and its verdict comes first
+        check = _Verification(path)
         try:
-            reader.ReadImageInformation()
-        except RuntimeError as exc:
-            raise InputError(f"Cannot read {path.name} as an image (supported: NRRD, NIfTI, MetaImage, "
-                             f"DICOM series folder): {_first_line(exc)}") from exc
-        modality = _modality(reader)
-        if modality and modality not in _CT_MODALITIES:
-            raise InputError(f"{path.name} is a {modality} image, not CT. LungSeg segments CT only.")
-        try:
-            image = reader.Execute()
-        except RuntimeError as exc:
-            raise InputError(f"Cannot read {path.name}: {_first_line(exc)}") from exc
+            image = _read_image_file(path)
+        except BaseException:
+            check.wait()  # a damaged stream is the reason to report, as when it was verified first
+            raise
+        check.wait()
     validate_ct_image(image, path.name)
     return as_3d(image)
+
+
+class _Verification:
+    """:func:`.compressed.verify_compressed_input` of ``path`` running in a daemon thread; :meth:`wait`
+    joins it and raises what it raised."""
+
+    def __init__(self, path: Path):
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(path,), name="lungseg-verify", daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path) -> None:
+        try:
+            verify_compressed_input(path)
+        except BaseException as exc:  # handed to the reading thread by wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def _read_image_file(path: Path) -> sitk.Image:
+    """ITK's read of one image file, refusing non-CT modalities (:class:`InputError`)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"Cannot read {path.name} as an image (supported: NRRD, NIfTI, MetaImage, "
+                         f"DICOM series folder): {_first_line(exc)}") from exc
+    modality = _modality(reader)
+    if modality and modality not in _CT_MODALITIES:
+        raise InputError(f"{path.name} is a {modality} image, not CT. LungSeg segments CT only.")
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"Cannot read {path.name}: {_first_line(exc)}") from exc
 
 
 def dicom_series_files(folder: os.PathLike) -> List[str]:
