@@ -44,6 +44,16 @@ _IS_WINDOWS = os.name == "nt"
 _LIVE: "weakref.WeakSet[WorkerProcess]" = weakref.WeakSet()
 
 
+def _drain(source: "queue.Queue") -> list:
+    """Everything queued in ``source`` now, oldest first (never blocks)."""
+    out = []
+    while True:
+        try:
+            out.append(source.get_nowait())
+        except queue.Empty:
+            return out
+
+
 class WorkerProcess:
     """A started worker: ``events()`` to poll, ``finished`` / ``returncode`` once it ended,
     ``cancel()`` to stop it without waiting, ``stop()`` to stop it and wait.
@@ -105,21 +115,11 @@ class WorkerProcess:
 
     def events(self) -> List[Dict[str, Any]]:
         """The events that arrived since the last call (never blocks)."""
-        out = []
-        while True:
-            try:
-                out.append(self._queue.get_nowait())
-            except queue.Empty:
-                return out
+        return _drain(self._queue)
 
     def new_log_lines(self) -> List[str]:
         """stderr lines (the worker's log) that arrived since the last call (never blocks)."""
-        out = []
-        while True:
-            try:
-                out.append(self._log.get_nowait())
-            except queue.Empty:
-                return out
+        return _drain(self._log)
 
     @property
     def finished(self) -> bool:
