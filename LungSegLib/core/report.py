@@ -190,6 +190,29 @@ def write_figure(path: os.PathLike, result, *, title: str = "LungSeg report",
     fmt = report_format(path)
     if fmt not in ("png", "pdf"):
         raise OutputError(f"write_figure writes .png or .pdf, not {Path(path).name!r}.")
+    Figure, FigureCanvasAgg = _matplotlib_figure()
+    images = report_images(volume_hu, result) if volume_hu is not None else getattr(result, "report_images", None)
+    if images is None:
+        raise ValueError("No report images: segment with review=True, or pass volume_hu.")
+
+    fig = Figure(figsize=(8.27, 11.69))  # A4 portrait
+    FigureCanvasAgg(fig)
+    _draw_title(fig, title, model_name)
+    # axial montage: 2 rows x 3, left part of the page; coronal on the right
+    top, height = 0.925, 0.34
+    _draw_slices(fig, images, {it.slice_index for it in result.review}, top, height)
+    y0 = top - height - 0.03
+    _draw_measures(fig, result, y0)
+    _draw_confidence(fig, result, y0)
+    _draw_flags_and_review(fig, result, y0 - 0.31)
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi)
+    return Path(path)
+
+
+def _matplotlib_figure():
+    """matplotlib's ``Figure`` and its Agg canvas (no GUI backend), or an OutputError saying how to install it."""
     try:
         import matplotlib
 
@@ -199,23 +222,20 @@ def write_figure(path: os.PathLike, result, *, title: str = "LungSeg report",
     except ImportError as exc:
         raise OutputError("The PNG/PDF report needs matplotlib: pip install 'matplotlib>=3.5' (in 3D Slicer: "
                           "slicer.util.pip_install('matplotlib')), or write a .json/.csv report.") from exc
-    from .review import review_flags
+    return Figure, FigureCanvasAgg
 
-    images = report_images(volume_hu, result) if volume_hu is not None else getattr(result, "report_images", None)
-    if images is None:
-        raise ValueError("No report images: segment with review=True, or pass volume_hu.")
-    reviewed = {it.slice_index for it in result.review}
 
-    fig = Figure(figsize=(8.27, 11.69))  # A4 portrait
-    FigureCanvasAgg(fig)
+def _draw_title(fig, title: str, model_name: Optional[str]) -> None:
+    """Title, model, version and time (UTC), and the research disclaimer across the top of the page."""
     fig.text(0.04, 0.975, title, fontsize=15, weight="bold", va="top")
     fig.text(0.04, 0.952, f"{model_name or 'LungSeg'} · lungseg {__version__} · "
                           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", fontsize=8, va="top",
              color="0.3")
     fig.text(0.04, 0.937, DISCLAIMER, fontsize=7, va="top", color="0.3", wrap=True)
 
-    # axial montage: 2 rows x 3, left part of the page; coronal on the right
-    top, height = 0.925, 0.34
+
+def _draw_slices(fig, images, reviewed, top: float, height: float) -> None:
+    """Six axial overlays (slices to review titled in red) and the coronal overlay with those slices dashed."""
     cols, rows = 3, 2
     cell_w, cell_h = 0.62 / cols, height / rows
     for n, (k, ct, lab) in enumerate(images.axial):
@@ -235,8 +255,10 @@ def write_figure(path: os.PathLike, result, *, title: str = "LungSeg report",
     for row in images.review_rows:
         ax.axhline(row, color="firebrick", lw=0.6, ls="--")
 
-    # the measures table
-    y0 = top - height - 0.03
+
+def _draw_measures(fig, result, y0: float) -> None:
+    """The measures table (measures down, regions across) with each lung's confidence; volumes only without
+    measures."""
     fig.text(0.04, y0, "Measures (research; HU thresholds in the JSON report)", fontsize=10, weight="bold",
              va="top")
     lung_conf = result.confidence.lung_confidence() if result.confidence is not None else {}
@@ -266,7 +288,9 @@ def write_figure(path: os.PathLike, result, *, title: str = "LungSeg report",
         fig.text(0.04, y0 - 0.03, "Volumes: " + ", ".join(f"{k} {v:.0f} mL" for k, v in vols.items()), fontsize=8,
                  va="top")
 
-    # per-slice confidence curve
+
+def _draw_confidence(fig, result, y0: float) -> None:
+    """The per-slice confidence curve with the slices to review dashed (nothing without confidence)."""
     if result.confidence is not None:
         cax = fig.add_axes((0.66, y0 - 0.25, 0.31, 0.22))
         scores = result.confidence.slice_confidence()
@@ -279,8 +303,11 @@ def write_figure(path: os.PathLike, result, *, title: str = "LungSeg report",
         cax.tick_params(labelsize=6)
         cax.set_title("per-slice confidence (1 = sure)", fontsize=8)
 
-    # flags and review list
-    y1 = y0 - 0.31
+
+def _draw_flags_and_review(fig, result, y1: float) -> None:
+    """The flags, then the ranked list of slices to review (lung, reason, score, RAS position in mm)."""
+    from .review import review_flags
+
     flags = (result.flags if result.flags is not None else review_flags(result))
     fig.text(0.04, y1, "Flags", fontsize=10, weight="bold", va="top")
     lines = [f"• {f.message}" for f in flags] or ["• none: volumes, sides and field of view look plausible"]
@@ -304,10 +331,6 @@ def write_figure(path: os.PathLike, result, *, title: str = "LungSeg report",
     else:
         fig.text(0.05, y2 - 0.025, "• nothing stands out (no gaps, no low-confidence slices)", fontsize=7.5,
                  va="top", color="darkgreen")
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=dpi)
-    return Path(path)
 
 
 def _wrap(text: str, width: int) -> str:
