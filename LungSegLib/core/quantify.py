@@ -196,8 +196,20 @@ def measure_lungs(volume_hu: np.ndarray, labels: np.ndarray, geometry: Geometry,
         raise ValueError(f"CT {volume_hu.shape} and labels {labels.shape} must have the same shape")
     voxel_ml = geometry.voxel_volume_ml()
     values = [label.value for label in LUNG_LABELS]
-    n_labels = max(values) + 1
     is_float = np.issubdtype(volume_hu.dtype, np.floating)
+    hist, sums, sq = _label_histogram(volume_hu, labels, max(values) + 1, is_float)
+    regions = [(label.key, label.name, [label.value]) for label in LUNG_LABELS]
+    regions.append((BOTH, "Both lungs", values))
+    out = [_region_measures(key, name, hist[members].sum(axis=0), float(sums[members].sum()),
+                            float(sq[members].sum()), is_float, voxel_ml, thresholds)
+           for key, name, members in regions]
+    return LungMeasures(tuple(out), thresholds)
+
+
+def _label_histogram(volume_hu: np.ndarray, labels: np.ndarray, n_labels: int,
+                     is_float: bool) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(hist, sums, sq)``: voxels per (label, whole HU from _HU_MIN) ``[n_labels, bins]``, and for float
+    CTs the sum and the sum of squares of each label's exact HU (zeros for integer CTs)."""
     # one histogram of (label, whole HU) over the int16 range (HU beyond it are clipped to it: no CT has
     # them), accumulated over slabs so the temporaries stay small and in cache
     hu0, n_bins = _HU_MIN, _HU_MAX - _HU_MIN + 1
@@ -221,40 +233,39 @@ def measure_lungs(volume_hu: np.ndarray, labels: np.ndarray, geometry: Geometry,
         index += np.clip(hu, _HU_MIN, _HU_MAX).astype(np.intp)
         index -= hu0
         hist += np.bincount(index, minlength=n_labels * n_bins)
-    hist = hist.reshape(n_labels, n_bins)
-    hu_values = hu0 + np.arange(n_bins, dtype=np.float64)
+    return hist.reshape(n_labels, n_bins), sums, sq
 
-    regions = [(label.key, label.name, [label.value]) for label in LUNG_LABELS]
-    regions.append((BOTH, "Both lungs", values))
-    t = thresholds
-    out = []
-    for key, name, members in regions:
-        counts = hist[members].sum(axis=0)
-        n = int(counts.sum())
-        nan = float("nan")
-        if not n:
-            mean = sd = nan
-        elif is_float:  # the exact values' moments (the histogram holds them rounded)
-            mean = float(sums[members].sum()) / n
-            sd = math.sqrt(max(0.0, float(sq[members].sum()) / n - mean * mean))
-        else:  # integer HU: the histogram is exact
-            mean = float(counts @ hu_values) / n
-            sd = math.sqrt(float(counts @ (hu_values - mean) ** 2) / n)
 
-        def pct(count: int) -> float:
-            return 100.0 * count / n if n else nan
+def _region_measures(key: str, name: str, counts: np.ndarray, hu_sum: float, hu_sq: float, is_float: bool,
+                     voxel_ml: float, t: DensityThresholds) -> RegionMeasures:
+    """One region's measures from its whole-HU histogram ``counts`` (from _HU_MIN) and, for a float CT,
+    the sum and sum of squares of its exact HU."""
+    hu0 = _HU_MIN
+    hu_values = hu0 + np.arange(counts.size, dtype=np.float64)
+    n = int(counts.sum())
+    nan = float("nan")
+    if not n:
+        mean = sd = nan
+    elif is_float:  # the exact values' moments (the histogram holds them rounded)
+        mean = hu_sum / n
+        sd = math.sqrt(max(0.0, hu_sq / n - mean * mean))
+    else:  # integer HU: the histogram is exact
+        mean = float(counts @ hu_values) / n
+        sd = math.sqrt(float(counts @ (hu_values - mean) ** 2) / n)
 
-        out.append(RegionMeasures(
-            region=key, name=name, voxels=n, volume_ml=n * voxel_ml, mean_hu=mean,
-            median_hu=_percentile(counts, hu0, 50.0), sd_hu=sd,
-            perc_hu=_percentile(counts, hu0, t.percentile),
-            laa_low_pct=pct(_count(counts, hu0, hi=t.laa_low)),
-            laa_high_pct=pct(_count(counts, hu0, hi=t.laa_high)),
-            haa_pct=pct(_count(counts, hu0, t.haa[0], t.haa[1], hi_inclusive=True)),
-            bins_pct={b: pct(_count(counts, hu0, lo, hi)) for b, lo, hi in t.bins},
-            bins_ml={b: _count(counts, hu0, lo, hi) * voxel_ml for b, lo, hi in t.bins},
-        ))
-    return LungMeasures(tuple(out), thresholds)
+    def pct(count: int) -> float:
+        return 100.0 * count / n if n else nan
+
+    return RegionMeasures(
+        region=key, name=name, voxels=n, volume_ml=n * voxel_ml, mean_hu=mean,
+        median_hu=_percentile(counts, hu0, 50.0), sd_hu=sd,
+        perc_hu=_percentile(counts, hu0, t.percentile),
+        laa_low_pct=pct(_count(counts, hu0, hi=t.laa_low)),
+        laa_high_pct=pct(_count(counts, hu0, hi=t.laa_high)),
+        haa_pct=pct(_count(counts, hu0, t.haa[0], t.haa[1], hi_inclusive=True)),
+        bins_pct={b: pct(_count(counts, hu0, lo, hi)) for b, lo, hi in t.bins},
+        bins_ml={b: _count(counts, hu0, lo, hi) * voxel_ml for b, lo, hi in t.bins},
+    )
 
 
 __all__ = ["BOTH", "DensityThresholds", "LungMeasures", "RegionMeasures", "measure_lungs"]
