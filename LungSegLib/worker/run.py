@@ -124,16 +124,9 @@ def run(args: argparse.Namespace, events: _Events, guard: CancelGuard) -> int:
 
     from ..core.geometry import Geometry
     from ..core.imageio import read_ct
-    from ..core.writers import check_output_path, write_labelmap
+    from ..core.writers import write_labelmap
 
-    output = Path(args.output)
-    check_output_path(output, args.overwrite)  # fail fast, before TensorFlow loads
-    if not Path(args.input).exists():
-        raise InputError(f"Input not found: {args.input}")
-    if output.resolve() == Path(args.input).resolve():
-        raise OutputError("The output would replace the input CT; choose another output file.")
-    if not output.parent.is_dir():  # never created here: a missing folder means the caller gave up
-        raise OutputError(f"The output folder {output.parent} does not exist; create it first.")
+    output = _checked_output(args)
     # Read and check the input before TensorFlow loads: a refusal comes in a second, not after the import.
     t0 = time.perf_counter()
     image = read_ct(args.input)
@@ -141,23 +134,7 @@ def run(args: argparse.Namespace, events: _Events, guard: CancelGuard) -> int:
     if not args.no_hu_check:
         _check_hounsfield(sitk.GetArrayViewFromImage(image))
     guard.check()
-    _select_device(args.device)
-    events.emit("status", message="Loading TensorFlow and the model")
-    tf = _import_tensorflow()
-    guard.check()
-    from ..core.checks import Finding
-
-    warnings: List[Finding] = []
-    has_gpu = bool(tf.config.list_physical_devices("GPU"))
-    if args.device == "gpu" and not has_gpu:
-        warnings.append(Finding("no_gpu", "No GPU is visible to TensorFlow; the segmentation ran on the CPU."))
-    from ..api import LungSegmenter
-
-    segmenter = LungSegmenter(args.model, batch_size=args.batch_size, threads=args.threads,
-                              postprocess=not args.no_postprocess, check_hu=not args.no_hu_check,
-                              review=args.review, flip=args.flip)
-    card = segmenter.model.card
-    events.emit("model", name=str(card.get("name", segmenter.model.path.name)), device="gpu" if has_gpu else "cpu")
+    segmenter, warnings = _load_segmenter(args, events, guard)
 
     def progress(done: int, total: int) -> None:
         events.emit("progress", done=int(done), total=int(total))
@@ -183,6 +160,45 @@ def run(args: argparse.Namespace, events: _Events, guard: CancelGuard) -> int:
     finally:
         guard.discard(staging)
     return 0
+
+
+def _checked_output(args: argparse.Namespace) -> Path:
+    """The output path, after refusing (before TensorFlow loads) a missing input, an output that exists
+    without --overwrite, would replace the input or lies in a folder that does not exist."""
+    from ..core.writers import check_output_path
+
+    output = Path(args.output)
+    check_output_path(output, args.overwrite)
+    if not Path(args.input).exists():
+        raise InputError(f"Input not found: {args.input}")
+    if output.resolve() == Path(args.input).resolve():
+        raise OutputError("The output would replace the input CT; choose another output file.")
+    if not output.parent.is_dir():  # never created here: a missing folder means the caller gave up
+        raise OutputError(f"The output folder {output.parent} does not exist; create it first.")
+    return output
+
+
+def _load_segmenter(args: argparse.Namespace, events: _Events, guard: CancelGuard):
+    """Select the device, import TensorFlow and load the model (emitting ``status`` then ``model``);
+    returns the segmenter and the warnings so far (``no_gpu`` when a GPU was asked for and none is seen)."""
+    _select_device(args.device)
+    events.emit("status", message="Loading TensorFlow and the model")
+    tf = _import_tensorflow()
+    guard.check()
+    from ..core.checks import Finding
+
+    warnings: List[Finding] = []
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    if args.device == "gpu" and not has_gpu:
+        warnings.append(Finding("no_gpu", "No GPU is visible to TensorFlow; the segmentation ran on the CPU."))
+    from ..api import LungSegmenter
+
+    segmenter = LungSegmenter(args.model, batch_size=args.batch_size, threads=args.threads,
+                              postprocess=not args.no_postprocess, check_hu=not args.no_hu_check,
+                              review=args.review, flip=args.flip)
+    card = segmenter.model.card
+    events.emit("model", name=str(card.get("name", segmenter.model.path.name)), device="gpu" if has_gpu else "cpu")
+    return segmenter, warnings
 
 
 def _review_fields(result) -> dict:
