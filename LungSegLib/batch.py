@@ -540,41 +540,15 @@ def run_batch(input_root: os.PathLike, output_root: os.PathLike, config: Optiona
     ``config``). ``on_start(n)`` is called with the number of CTs of this shard, ``on_row(row, done)``
     after each one (progress). The summary is rewritten after every CT.
     """
-    from .defaults import FORMATS
-
     input_root, output_root = Path(input_root), Path(output_root)
     config = config or BatchConfig(str(output_root))
     config.output_root = str(output_root)
-    if config.fmt not in FORMATS:
-        raise UsageError(f"Unknown output format {config.fmt!r}; choose one of {', '.join(FORMATS)}.")
-    if jobs < 1:
-        raise UsageError(f"--jobs must be at least 1, not {jobs}")
-    check_roots(input_root, output_root)
-    items = find_inputs(input_root, exclude=[output_root], include=include)
-    if shard_spec is not None:
-        items = shard(items, *shard_spec)
-    if config.fmt == "dcm":
-        from .core.dicomseg import require_highdicom
-
-        require_highdicom()
+    items = _shard_inputs(input_root, output_root, config, jobs, shard_spec, include)
     output_root.mkdir(parents=True, exist_ok=True)
     summary = output_root / summary_name(shard_spec)
     if on_start:
         on_start(len(items))
-    rows: Dict[str, Row] = {}
-    todo: List[BatchItem] = []
-    for item in items:
-        if config.fmt == "dcm" and item.kind == "file":
-            rows[item.key] = Row(item.key, item.kind, "", "", "failed",
-                                 error="DICOM SEG output needs a DICOM series; this input is a volume file.")
-        else:
-            done = already_done(item, output_root, config.fmt)
-            if done is None:
-                todo.append(item)
-                continue
-            rows[item.key] = done
-        if on_row:
-            on_row(rows[item.key], len(rows))
+    rows, todo = _rows_without_work(items, output_root, config.fmt, on_row)
     order = {item.key: n for n, item in enumerate(items)}
 
     def record(row: Row) -> None:
@@ -592,35 +566,84 @@ def run_batch(input_root: os.PathLike, output_root: os.PathLike, config: Optiona
         for item in todo:
             record(segment_item(segmenter, item, output_root, config.fmt, report=config.report))
     elif todo:
-        import multiprocessing
-
-        from .core.inference import available_cores
-
-        try:
-            cores = sorted(os.sched_getaffinity(0))
-        except AttributeError:
-            cores = list(range(os.cpu_count() or 1))
-        jobs = min(jobs, len(todo))
-        config.threads = threads_per_job(jobs, available_cores())
-        config.cores = cores if config.pin else []
-        context = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
-        counter = context.Value("i", 0)
-        pool = context.Pool(jobs, initializer=_init_worker, initargs=(config, counter))
-        try:
-            for row in pool.imap_unordered(_work, todo):
-                record(row)
-            pool.close()
-        except BaseException:
-            pool.terminate()  # Ctrl-C: workers die; their outputs are atomic, markers absent
-            raise
-        finally:
-            pool.join()
+        _segment_in_pool(todo, jobs, config, record)
     for folder in (output_root / WORK_DIR / "series", output_root / WORK_DIR):
         try:
             folder.rmdir()  # only when empty: another shard may still be using it
         except OSError:
             pass
     return BatchOutcome(sorted(rows.values(), key=lambda r: order[r.input]), summary)
+
+
+def _shard_inputs(input_root: Path, output_root: Path, config: BatchConfig, jobs: int,
+                  shard_spec: Optional[Tuple[int, int]], include: Sequence[str]) -> List[BatchItem]:
+    """The CTs of this shard, after refusing a bad format, job count or output root (UsageError) and a
+    DICOM SEG output without highdicom installed."""
+    from .defaults import FORMATS
+
+    if config.fmt not in FORMATS:
+        raise UsageError(f"Unknown output format {config.fmt!r}; choose one of {', '.join(FORMATS)}.")
+    if jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, not {jobs}")
+    check_roots(input_root, output_root)
+    items = find_inputs(input_root, exclude=[output_root], include=include)
+    if shard_spec is not None:
+        items = shard(items, *shard_spec)
+    if config.fmt == "dcm":
+        from .core.dicomseg import require_highdicom
+
+        require_highdicom()
+    return items
+
+
+def _rows_without_work(items: Sequence[BatchItem], output_root: Path, fmt: str,
+                       on_row: Optional[Callable[[Row, int], None]]) -> Tuple[Dict[str, Row], List[BatchItem]]:
+    """The summary rows known without segmenting (complete outputs; volume files when writing DICOM SEG,
+    which fail) and the CTs still to segment, in input order; ``on_row`` is called for each row."""
+    rows: Dict[str, Row] = {}
+    todo: List[BatchItem] = []
+    for item in items:
+        if fmt == "dcm" and item.kind == "file":
+            rows[item.key] = Row(item.key, item.kind, "", "", "failed",
+                                 error="DICOM SEG output needs a DICOM series; this input is a volume file.")
+        else:
+            done = already_done(item, output_root, fmt)
+            if done is None:
+                todo.append(item)
+                continue
+            rows[item.key] = done
+        if on_row:
+            on_row(rows[item.key], len(rows))
+    return rows, todo
+
+
+def _segment_in_pool(todo: Sequence[BatchItem], jobs: int, config: BatchConfig,
+                     record: Callable[[Row], None]) -> None:
+    """Segment ``todo`` in ``jobs`` spawned processes (cores/N threads each, pinned with ``config.pin``),
+    calling ``record`` with each row as it finishes."""
+    import multiprocessing
+
+    from .core.inference import available_cores
+
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = list(range(os.cpu_count() or 1))
+    jobs = min(jobs, len(todo))
+    config.threads = threads_per_job(jobs, available_cores())
+    config.cores = cores if config.pin else []
+    context = multiprocessing.get_context("spawn")  # TensorFlow is not fork-safe
+    counter = context.Value("i", 0)
+    pool = context.Pool(jobs, initializer=_init_worker, initargs=(config, counter))
+    try:
+        for row in pool.imap_unordered(_work, todo):
+            record(row)
+        pool.close()
+    except BaseException:
+        pool.terminate()  # Ctrl-C: workers die; their outputs are atomic, markers absent
+        raise
+    finally:
+        pool.join()
 
 
 def batch_main(args) -> int:
