@@ -19,6 +19,12 @@ import numpy as np
 from scipy import ndimage
 
 
+
+def _clear(labels: np.ndarray, mask: np.ndarray) -> int:
+    """Set ``mask`` voxels of ``labels`` to background, in place; returns how many were set."""
+    labels[mask] = 0
+    return int(mask.sum())
+
 @dataclass(frozen=True)
 class FatOptions:
     """``hu_range``: fat densities (HU); ``min_thickness_mm``: how thick (in-plane) a fat-density region
@@ -64,9 +70,7 @@ def boundary_fat(labels: np.ndarray, ct: np.ndarray, spacing: Sequence[float],
 def remove_boundary_fat(labels: np.ndarray, ct: np.ndarray, spacing: Sequence[float],
                         options: FatOptions = FatOptions()) -> int:
     """Set :func:`boundary_fat` voxels to background, in place; returns how many were removed."""
-    fat = boundary_fat(labels, ct, spacing, options)
-    labels[fat] = 0
-    return int(fat.sum())
+    return _clear(labels, boundary_fat(labels, ct, spacing, options))
 
 
 @dataclass(frozen=True)
@@ -264,6 +268,4 @@ def walled_gas(labels: np.ndarray, ct: np.ndarray, spacing: Sequence[float],
 def remove_walled_gas(labels: np.ndarray, ct: np.ndarray, spacing: Sequence[float],
                       options: GasOptions = GasOptions()) -> int:
     """Set :func:`walled_gas` voxels to background, in place; returns how many were removed."""
-    gas = walled_gas(labels, ct, spacing, options)
-    labels[gas] = 0
-    return int(gas.sum())
+    return _clear(labels, walled_gas(labels, ct, spacing, options))
