@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import signal
 import sys
@@ -36,8 +37,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _command(sub, name: str, func, help: str, description: str, epilog: str = EXIT_CODES):
-    """Add subcommand ``name`` run by ``func(args) -> exit code``; its help lists the exit codes."""
+def _command(sub, name: str, func, help: str, epilog: str = EXIT_CODES):
+    """Add subcommand ``name`` run by ``func(args) -> exit code``. Its ``--help`` description is the
+    docstring of ``func`` (one home for what the command does) and it lists the exit codes."""
+    description = " ".join(inspect.cleandoc(func.__doc__).split())
     p = sub.add_parser(name, help=help, description=description, epilog=epilog,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=func)
@@ -63,10 +66,7 @@ def _add_network_options(
 
 def _add_segment_parser(sub) -> None:
     p = _command(
-        sub, "segment", _run_segment, help="segment the lungs in a CT file or DICOM folder",
-        description="Segment right (label 1) and left (label 2) lung in a chest CT. INPUT is a CT in "
-                    "HU (.nrrd, .nii, .nii.gz, .mha, .mhd) or a folder with a DICOM series. The output "
-                    "lies on exactly the input's voxel grid.")
+        sub, "segment", _run_segment, help="segment the lungs in a CT file or DICOM folder")
     p.add_argument("input", help="CT image file or DICOM series folder")
     p.add_argument("output", help="output labelmap: .seg.nrrd (3D Slicer segmentation), .nrrd, .nii.gz, "
                                   ".nii, .mha, or .dcm (DICOM SEG; needs a DICOM folder as INPUT and "
@@ -101,6 +101,10 @@ def _add_segment_parser(sub) -> None:
 
 
 def _run_segment(args) -> int:
+    """Segment right (label 1) and left (label 2) lung in a chest CT. INPUT is a CT in HU (.nrrd, .nii,
+    .nii.gz, .mha, .mhd) or a folder with a DICOM series. The output lies on exactly the input's voxel
+    grid.
+    """
     from tqdm import tqdm
 
     from .api import LungSegmenter
@@ -176,13 +180,7 @@ def _report_outputs(args, segmenter):
 
 def _add_train_parser(sub) -> None:
     p = _command(
-        sub, "train", _run_train, help="train a lung segmentation U-Net on CT + labelmap cases",
-        description="Train the 2-D U-Net on a folder of cases (one subfolder per case holding ct.nrrd + "
-                    "label.nrrd, or image/ct.nii.gz + label.nii.gz; labels 0/1 right/2 left or one lung "
-                    "value). Writes RUN_DIR/best.keras with its model card best.json, the same weights "
-                    "exported as best.weights.npz + best.weights.json (the form to ship: it loads with any "
-                    "supported Keras), last.keras for --resume, and log.csv. Slices go through exactly "
-                    "the inference preprocessing.")
+        sub, "train", _run_train, help="train a lung segmentation U-Net on CT + labelmap cases")
     p.add_argument("cases_dir", help="folder with one subfolder per case")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (created)")
     split = p.add_mutually_exclusive_group()
@@ -220,6 +218,12 @@ def _add_train_parser(sub) -> None:
 
 
 def _run_train(args) -> int:
+    """Train the 2-D U-Net on a folder of cases (one subfolder per case holding ct.nrrd + label.nrrd, or
+    image/ct.nii.gz + label.nii.gz; labels 0/1 right/2 left or one lung value). Writes
+    RUN_DIR/best.keras with its model card best.json, the same weights exported as best.weights.npz +
+    best.weights.json (the form to ship: it loads with any supported Keras), last.keras for --resume,
+    and log.csv. Slices go through exactly the inference preprocessing.
+    """
     from .core.inference import configure_threads
     from .training.train import TrainConfig, train
 
@@ -241,17 +245,18 @@ def _run_train(args) -> int:
 
 def _add_export_parser(sub) -> None:
     p = _command(
-        sub, "export-weights", _run_export, help="convert a .keras model + card to exported weights (.npz + card)",
-        description="Write the weights of a .keras model from `lungseg train` (with its .json card) as named "
-                    "arrays in OUT (.npz, no pickle) with a card OUT.json giving the architecture, so the "
-                    "model loads with any supported Keras version (a .keras file needs the Keras that "
-                    "saved it or newer). The export is loaded back and checked to be bit-identical.")
+        sub, "export-weights", _run_export, help="convert a .keras model + card to exported weights (.npz + card)")
     p.add_argument("model", help="a .keras model with its .json card")
     p.add_argument("out", help="the weights file to write (.npz); its card is written beside it (.json)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT and its card if they exist")
 
 
 def _run_export(args) -> int:
+    """Write the weights of a .keras model from `lungseg train` (with its .json card) as named arrays in
+    OUT (.npz, no pickle) with a card OUT.json giving the architecture, so the model loads with any
+    supported Keras version (a .keras file needs the Keras that saved it or newer). The export is loaded
+    back and checked to be bit-identical.
+    """
     from .core.model import card_path
     from .training.export import export_weights
 
@@ -262,14 +267,7 @@ def _run_export(args) -> int:
 
 def _add_evaluate_parser(sub) -> None:
     p = _command(
-        sub, "evaluate", _run_evaluate, help="score predicted labelmaps (or a model) against ground-truth cases",
-        description="Compare right/left lung labelmaps with ground truth: Dice, IoU, HD95 and ASSD (mm), "
-                    "volumes (mL) per case and lung, a right/left swap check, and mean ± SD over cases. "
-                    "PRED_OR_MODEL is a folder of predictions named after the cases (<case>.seg.nrrd, "
-                    "<case>.nrrd, <case>.nii.gz or <case>/label.nrrd), a model (.npz weights or .keras) with its card, or "
-                    "'bundled' for the bundled model; a model is run on each case's CT. GROUND_TRUTH_DIR "
-                    "holds one folder per case with ct.nrrd and label.nrrd (0/1/2) and optionally "
-                    "info.json, whose suspect_slices_label_z are left out.")
+        sub, "evaluate", _run_evaluate, help="score predicted labelmaps (or a model) against ground-truth cases")
     p.add_argument("prediction", metavar="PRED_OR_MODEL",
                    help="prediction folder, model file (.npz or .keras), or 'bundled'")
     p.add_argument("ground_truth", metavar="GROUND_TRUTH_DIR", help="folder of ground-truth case folders")
@@ -285,6 +283,13 @@ def _add_evaluate_parser(sub) -> None:
 
 
 def _run_evaluate(args) -> int:
+    """Compare right/left lung labelmaps with ground truth: Dice, IoU, HD95 and ASSD (mm), volumes (mL)
+    per case and lung, a right/left swap check, and mean ± SD over cases. PRED_OR_MODEL is a folder of
+    predictions named after the cases (<case>.seg.nrrd, <case>.nrrd, <case>.nii.gz or
+    <case>/label.nrrd), a model (.npz weights or .keras) with its card, or 'bundled' for the bundled
+    model; a model is run on each case's CT. GROUND_TRUTH_DIR holds one folder per case with ct.nrrd and
+    label.nrrd (0/1/2) and optionally info.json, whose suspect_slices_label_z are left out.
+    """
     from pathlib import Path
 
     from tqdm import tqdm
@@ -374,12 +379,7 @@ def _add_import_rt_parser(sub) -> None:
 
     p = _command(
         sub, "import-rt", _run_import_rt,
-        help="convert a DICOM CT series + RTSTRUCT into ct.nrrd + label.nrrd (a training case)",
-        description="Rasterise the lung contours of a radiotherapy structure set onto its CT: writes "
-                    "OUT_CASE_DIR/ct.nrrd (HU), label.nrrd (0 background, 1 right lung, 2 left lung) and "
-                    "info.json (which structures were used or ignored, volumes, skipped contours). "
-                    "Structure names are matched case-insensitively; a single structure for both lungs "
-                    "is split into sides by patient position. Needs pydicom (pip install 'lungseg[train]').")
+        help="convert a DICOM CT series + RTSTRUCT into ct.nrrd + label.nrrd (a training case)")
     p.add_argument("dicom_ct_dir", metavar="DICOM_CT_DIR", help="folder with the CT series")
     p.add_argument("rtstruct", metavar="RTSTRUCT_FILE", help="the RTSTRUCT DICOM file")
     p.add_argument("out_case_dir", metavar="OUT_CASE_DIR", help="case folder to create")
@@ -395,6 +395,12 @@ def _add_import_rt_parser(sub) -> None:
 
 
 def _run_import_rt(args) -> int:
+    """Rasterise the lung contours of a radiotherapy structure set onto its CT: writes
+    OUT_CASE_DIR/ct.nrrd (HU), label.nrrd (0 background, 1 right lung, 2 left lung) and info.json (which
+    structures were used or ignored, volumes, skipped contours). Structure names are matched
+    case-insensitively; a single structure for both lungs is split into sides by patient position. Needs
+    pydicom (pip install 'lungseg[train]').
+    """
     from .training.rtstruct import RoiNames, import_rtstruct
 
     report = import_rtstruct(args.dicom_ct_dir, args.rtstruct, args.out_case_dir,
@@ -408,13 +414,6 @@ def _run_import_rt(args) -> int:
 def _add_batch_parser(sub) -> None:
     p = _command(
         sub, "batch", _run_batch, help="segment every CT under a folder (resumable; shards for job arrays)",
-        description="Segment every CT under INPUT_ROOT -- DICOM series (grouped by Series Instance UID, "
-                    "also across nested folders) and .nrrd/.nhdr/.nii/.nii.gz/.mha/.mhd files -- into the "
-                    "same folder structure under OUTPUT_ROOT, and write OUTPUT_ROOT/summary.csv (input, "
-                    "status, volumes in mL, warnings, seconds). A CT whose output is complete (its "
-                    "<output>.lungseg.json marker matches it) is skipped, so an interrupted run continues "
-                    "where it stopped; a CT that fails is recorded and the batch goes on. The model is "
-                    "loaded once per process.",
         epilog="exit codes: 0 the run went through every CT (failed ones are in the summary with their "
                "reason), 3 with --strict some CTs failed, or with --merge some CTs were not run by any shard, "
                "2 usage, 4 output problem, 5 model problem, 130 cancelled.")
@@ -427,9 +426,8 @@ def _add_batch_parser(sub) -> None:
                    help="worker processes on this machine, each with cores/N threads (default 1)")
     p.add_argument("--pin-cores", action="store_true",
                    help="with --jobs: also bind each worker to its own cores (for a dedicated machine)")
-    p.add_argument("--shard", metavar="I/N",
-                   help="process only shard I of N (0-based; the sorted inputs dealt round-robin), e.g. "
-                        "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; writes summary.shard-I-of-N.csv")
+    p.add_argument("--shard", metavar="I/N", help="process only shard I of N (0-based; the sorted inputs dealt "
+                   "round-robin), e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT; writes summary.shard-I-of-N.csv")
     p.add_argument("--merge", action="store_true",
                    help="join the shards' summaries into summary.csv (no segmentation); CTs that no shard "
                         "reported are listed as 'not run'")
@@ -448,6 +446,13 @@ def _add_batch_parser(sub) -> None:
 
 
 def _run_batch(args) -> int:
+    """Segment every CT under INPUT_ROOT -- DICOM series (grouped by Series Instance UID, also across
+    nested folders) and .nrrd/.nhdr/.nii/.nii.gz/.mha/.mhd files -- into the same folder structure under
+    OUTPUT_ROOT, and write OUTPUT_ROOT/summary.csv (input, status, volumes in mL, warnings, seconds). A
+    CT whose output is complete (its <output>.lungseg.json marker matches it) is skipped, so an
+    interrupted run continues where it stopped; a CT that fails is recorded and the batch goes on. The
+    model is loaded once per process.
+    """
     from .batch import batch_main
 
     return batch_main(args)

@@ -104,3 +104,34 @@ def test_negative_example_kinds_and_clipping():
         assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
         assert not np.array_equal(out, image)
     assert hu_to_unit(-1024.0) == 0.0
+
+
+@pytest.mark.parametrize("window", [(-1000.0, 200.0), (-1200.0, 1000.0)])
+def test_painted_densities_follow_the_models_hu_window(window):
+    """A model fine-tuned with ``--init`` keeps its own HU window: disease, fat and noise must be painted
+    in HU of that window, not the default one (the window used to be a second, fixed copy)."""
+    lo, hi = window
+    _, labels = model_slice()
+    image = np.full(labels.shape, (-100.0 - lo) / (hi - lo), np.float32)  # soft tissue
+    image[labels > 0] = (-850.0 - lo) / (hi - lo)  # aerated lung
+    augment = Augmenter(AugmentConfig(p_pathology=1.0, p_negative=0.0, p_flip=0.0, p_spatial=0.0,
+                                      p_intensity=0.0), window)
+    painted_hu = []
+    for seed in range(8):
+        out, out_labels = augment(image, labels, np.random.default_rng(seed))
+        painted = np.abs(out - image) > 1e-6
+        painted_hu.append(out[painted] * (hi - lo) + lo)
+        np.testing.assert_array_equal(out_labels, labels)
+    values = np.concatenate(painted_hu)
+    # consolidation/nodules −100..+80 HU, softened at their edge towards the −850 HU lung around them
+    assert -160 < np.median(values) < 100
+
+
+def test_train_config_reads_runs_saved_with_a_window_copy_in_the_augmentation():
+    from LungSegLib.training.train import TrainConfig
+
+    saved = TrainConfig(hu_window=(-1000.0, 200.0)).to_json()
+    saved["augment_config"]["hu_window"] = [-1024.0, 600.0]  # how earlier versions saved it
+    config = TrainConfig.from_json(saved)
+    assert config.hu_window == (-1000.0, 200.0)
+    assert config.augment_config == AugmentConfig()

@@ -25,7 +25,9 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-RIGHT, LEFT = 1, 2
+from ..labels import LEFT, RIGHT
+
+_REACH = ndimage.generate_binary_structure(2, 1)  # 4-connected: how an airway links between slices
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,40 @@ def find_seed(ct: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
     return None
 
 
+@dataclass(frozen=True)
+class _SliceStep:
+    """How one slice's airway is found from the airway of the slice before (sizes in pixels)."""
+
+    air_hu: float
+    radius: int      # in-plane link tolerance
+    margin: int      # half-width of the search window around the previous airway
+    min_px: float
+    max_px: float
+
+
+def _next_airway(prev: np.ndarray, ct_slice: np.ndarray, step: _SliceStep) -> Tuple[np.ndarray, np.ndarray]:
+    """The airway of ``ct_slice`` (HU) linked to ``prev`` (the airway of the neighbouring slice), and the
+    pixel sizes of its components; empty where the airway ends or leaks into the parenchyma."""
+    cur = np.zeros_like(prev)
+    rows, cols = np.nonzero(prev)
+    win = (slice(max(0, rows.min() - step.margin), rows.max() + step.margin + 1),
+           slice(max(0, cols.min() - step.margin), cols.max() + step.margin + 1))
+    near = ndimage.binary_dilation(prev[win], structure=_REACH, iterations=step.radius)
+    lab, n = _components(ct_slice[win] < step.air_hu)
+    ids = np.unique(lab[near & (lab > 0)]) if n else np.zeros(0, int)
+    if ids.size == 0:
+        return cur, ids
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    edge = np.zeros(n + 1, bool)
+    for side in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
+        edge[side] = True
+    # larger ones, or ones running out of the window, are leaks into the parenchyma
+    keep = ids[(sizes[ids] <= step.max_px) & (sizes[ids] >= step.min_px) & ~edge[ids]]
+    if keep.size:
+        cur[win] = np.isin(lab, keep)
+    return cur, sizes[keep]
+
+
 def find_central_airways(ct: np.ndarray, lungs: np.ndarray, spacing: Sequence[float],
                          options: AirwayOptions = AirwayOptions()) -> AirwayResult:
     """The trachea and main bronchi as a boolean mask on the canonical grid of ``ct`` (HU).
@@ -165,47 +201,24 @@ def find_central_airways(ct: np.ndarray, lungs: np.ndarray, spacing: Sequence[fl
     radius = max(1, int(round(options.overlap_mm / min(spacing[1], spacing[2]))))
     # each slice is searched in a window around the airway above: a component reaching the window's
     # edge is wider than any accepted airway, i.e. a leak (and this keeps each slice to ~1 ms)
-    margin = radius + int(np.ceil(2.0 * np.sqrt(max_px)))
-    min_px = options.min_area_mm2 / pixel_mm2
-    reach = ndimage.generate_binary_structure(2, 1)
+    step = _SliceStep(options.air_hu, radius, radius + int(np.ceil(2.0 * np.sqrt(max_px))),
+                      options.min_area_mm2 / pixel_mm2, max_px)
     zs = _lung_slices(lungs)
     mask[z_seed] = seed_mask
     depth = max(1, int(round(options.depth_below_carina_mm / spacing[0])))
 
-    def track(z_from: int, step: int, stop: int, watch_carina: bool) -> Optional[int]:
-        carina, prev = None, mask[z_from]
-        z = z_from + step
-        while (z >= stop if step < 0 else z <= stop) and prev.any():
+    def track(direction: int, stop: int, watch_carina: bool) -> Optional[int]:
+        carina, z = None, z_seed + direction
+        while (z >= stop if direction < 0 else z <= stop) and mask[z - direction].any():
             if carina is not None and abs(z - carina) > depth:
                 break
-            rows, cols = np.nonzero(prev)
-            win = (slice(max(0, rows.min() - margin), rows.max() + margin + 1),
-                   slice(max(0, cols.min() - margin), cols.max() + margin + 1))
-            near = ndimage.binary_dilation(prev[win], structure=reach, iterations=radius)
-            lab, n = _components(ct[z][win] < options.air_hu)
-            if n == 0:
-                break
-            ids = np.unique(lab[near & (lab > 0)])
-            if ids.size == 0:
-                break
-            sizes = np.bincount(lab.ravel(), minlength=n + 1)
-            edge = np.zeros(n + 1, bool)
-            for side in (lab[0], lab[-1], lab[:, 0], lab[:, -1]):
-                edge[side] = True
-            # larger ones, or ones running out of the window, are leaks into the parenchyma
-            keep = ids[(sizes[ids] <= max_px) & (sizes[ids] >= min_px) & ~edge[ids]]
-            cur = np.zeros_like(prev)
-            if keep.size:
-                cur[win] = np.isin(lab, keep)
-            mask[z] = cur
-            if watch_carina and carina is None and keep.size >= 2:
-                big = (sizes[keep] * pixel_mm2 >= 20.0).sum()
-                if big >= 2:
-                    carina = z
-            prev = cur
-            z += step
+            mask[z], sizes = _next_airway(mask[z - direction], ct[z], step)
+            # two sizeable branches side by side: the carina
+            if watch_carina and carina is None and (sizes * pixel_mm2 >= 20.0).sum() >= 2:
+                carina = z
+            z += direction
         return carina
 
-    carina = track(z_seed, -1, int(zs[0]), True)
-    track(z_seed, +1, int(zs[-1]), False)
+    carina = track(-1, int(zs[0]), True)
+    track(+1, int(zs[-1]), False)
     return AirwayResult(mask, z_seed, carina, float(area))

@@ -20,7 +20,7 @@ from .checks import Finding, check_spacing, input_findings, result_findings
 from .intensity import check_hounsfield, clear_non_finite, count_non_finite, hounsfield_problem, hu_to_unit
 from .model import LoadedModel
 from .postprocess import PostprocessOptions, postprocess, split_by_side
-from .preprocess import BODY_HU, prepare_volume
+from .preprocess import BODY_HU, PreparedVolume, prepare_volume
 
 ProgressCallback = Callable[[int, int], None]
 CancelFlag = Union[Callable[[], bool], "threading.Event", None]  # noqa: F821
@@ -338,6 +338,26 @@ def _clean_up(canonical_labels: np.ndarray, prepared, binary: bool,
                     spacing=prepared.orientation.spacing_zyx)
 
 
+def _run_network(prepared: PreparedVolume, canonical_labels: np.ndarray, model: LoadedModel, batch_size: int,
+                 compute_dtype: str, progress: Optional[ProgressCallback], cancel: CancelFlag,
+                 timings: Dict[str, float], confidence: Optional[ConfidenceOptions]) -> Optional[SliceScorer]:
+    """Label ``canonical_labels`` slice by slice with the network; the confidence scorer if asked for.
+    Raises :class:`Cancelled` (nothing written) when ``cancel`` is set."""
+    canonical = prepared.canonical
+    batch_size = min(batch_size, max(1, canonical.shape[0]))  # a full batch never exceeds the volume
+    predictor = _predictor(model, batch_size, compute_dtype)
+    binary = model.n_classes == 1
+    scorer = None if confidence is None else SliceScorer(
+        canonical.shape[0], 1 if binary else model.n_classes - 1, model.spec.pixel_mm, confidence)
+    # NumPy's BLAS on one thread: its idle threads would spin on the cores TensorFlow is using
+    with threadpool_limits(1, user_api="blas"):
+        _run_batches(canonical, canonical_labels, prepared.resampler, predictor, binary,
+                     _body_level(model.spec), batch_size, progress, cancel, timings, scorer)
+    if _is_cancelled(cancel):
+        raise Cancelled("Segmentation cancelled; nothing was written.")
+    return scorer
+
+
 def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
                   batch_size: int = BATCH_SIZE, postprocess_options: Optional[PostprocessOptions] = PostprocessOptions(),
                   check_hu: bool = True, progress: Optional[ProgressCallback] = None,
@@ -382,26 +402,15 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
     warnings: List[Finding] = list(checked.warnings)
     non_finite = checked.non_finite_voxels
     prepared = prepare_volume(volume, geometry, model.spec)
-    orientation, canonical, resampler = prepared.orientation, prepared.canonical, prepared.resampler
+    orientation = prepared.orientation
     labels = np.zeros(volume.shape, dtype=np.uint8)
     canonical_labels = orientation.to_canonical(labels)  # a writable view of `labels`
     timings["preprocess"] = time.perf_counter() - t0
 
-    batch_size = min(batch_size, max(1, canonical.shape[0]))  # a full batch never exceeds the volume
-    predictor = _predictor(model, batch_size, compute_dtype)
-    binary = model.n_classes == 1
-    body_level = _body_level(model.spec)
-    # NumPy's BLAS on one thread: its idle threads would spin on the cores TensorFlow is using
-    scorer = None if confidence is None else SliceScorer(
-        canonical.shape[0], 1 if binary else model.n_classes - 1, model.spec.pixel_mm, confidence)
-    with threadpool_limits(1, user_api="blas"):
-        _run_batches(canonical, canonical_labels, resampler, predictor, binary, body_level, batch_size,
-                     progress, cancel, timings, scorer)
-    if _is_cancelled(cancel):
-        raise Cancelled("Segmentation cancelled; nothing was written.")
-
+    scorer = _run_network(prepared, canonical_labels, model, batch_size, compute_dtype, progress, cancel,
+                          timings, confidence)
     t4 = time.perf_counter()
-    _clean_up(canonical_labels, prepared, binary, postprocess_options)
+    _clean_up(canonical_labels, prepared, model.n_classes == 1, postprocess_options)
     timings["postprocess"] = time.perf_counter() - t4
     if non_finite:
         clear_non_finite(volume, labels)  # outside the field of view: never lung, whatever the clean-up

@@ -42,7 +42,6 @@ class AugmentConfig:
     contrast: Tuple[float, float] = (0.85, 1.15)
     noise_hu: float = 30.0
     p_blur: float = 0.25
-    hu_window: Tuple[float, float] = HU_WINDOW
 
 
 def flip_left_right(image: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -77,10 +76,12 @@ def spatial(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     return out_image.astype(np.float32), out_labels.astype(np.uint8)
 
 
-def intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = AugmentConfig()) -> np.ndarray:
-    """HU offset, contrast around −500 HU, Gaussian noise and sometimes blur (scanner/kernel variety)."""
-    width = cfg.hu_window[1] - cfg.hu_window[0]
-    pivot = hu_to_unit(-500.0, cfg.hu_window)
+def intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = AugmentConfig(),
+              hu_window: Tuple[float, float] = HU_WINDOW) -> np.ndarray:
+    """HU offset, contrast around −500 HU, Gaussian noise and sometimes blur (scanner/kernel variety);
+    ``image`` is network input made with ``hu_window`` (HU)."""
+    width = hu_window[1] - hu_window[0]
+    pivot = hu_to_unit(-500.0, hu_window)
     out = (image - pivot) * rng.uniform(*cfg.contrast) + pivot + rng.uniform(-cfg.hu_shift, cfg.hu_shift) / width
     if rng.random() < cfg.p_blur:
         out = ndimage.gaussian_filter(out, rng.uniform(0.5, 1.2))
@@ -105,7 +106,7 @@ BORDER_MIN_HU = -30.0
 
 
 def _paint(image: np.ndarray, region: np.ndarray, hu: Tuple[float, float], rng: np.random.Generator,
-           cfg: AugmentConfig, border: Optional[np.ndarray] = None) -> None:
+           hu_window: Tuple[float, float], border: Optional[np.ndarray] = None) -> None:
     """Fill ``region`` with a textured density in the ``hu`` range, its edge softened by ~1 pixel.
 
     Where ``region`` meets ``border`` (the lung's outer boundary) the density is at least
@@ -115,8 +116,8 @@ def _paint(image: np.ndarray, region: np.ndarray, hu: Tuple[float, float], rng: 
         return
     if border is not None and (region & border).any():
         hu = (max(hu[0], BORDER_MIN_HU), max(hu[1], BORDER_MIN_HU + 10.0))
-    width = cfg.hu_window[1] - cfg.hu_window[0]
-    value = hu_to_unit(rng.uniform(*hu), cfg.hu_window)
+    width = hu_window[1] - hu_window[0]
+    value = hu_to_unit(rng.uniform(*hu), hu_window)
     texture = rng.normal(0.0, 12.0 / width, image.shape).astype(np.float32)
     # soft rim, but only inside the region: the painted density never leaves the lung
     alpha = np.where(region, np.clip(1.5 * ndimage.gaussian_filter(region.astype(np.float32), 0.7), 0, 1), 0)
@@ -126,8 +127,9 @@ def _paint(image: np.ndarray, region: np.ndarray, hu: Tuple[float, float], rng: 
 
 
 def pathology(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-              cfg: AugmentConfig = AugmentConfig()) -> np.ndarray:
-    """Paint one kind of simulated disease inside the lung (labels are left unchanged).
+              hu_window: Tuple[float, float] = HU_WINDOW) -> np.ndarray:
+    """Paint one kind of simulated disease inside the lung (labels are left unchanged); ``image`` is
+    network input made with ``hu_window`` (HU).
 
     * consolidation / atelectasis: irregular blobs of −100..+60 HU;
     * dependent atelectasis: the posterior (dependent) part of one lung at +20..+60 HU with a curved
@@ -147,7 +149,7 @@ def pathology(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
         for _ in range(int(rng.integers(1, 3))):
             k = int(rng.integers(rows.size))
             region = _blob(lung.shape, (rows[k], cols[k]), rng.uniform(8, 40), rng, 0.35) & lung
-            _paint(image, region, (-100.0, 60.0), rng, cfg, border)
+            _paint(image, region, (-100.0, 60.0), rng, hu_window, border)
     elif kind == "dependent":
         # dependent atelectasis / consolidation of a lung's posterior part (inside the pleura: lung;
         # pleural *fluid* there is not lung and is painted as background by .negatives)
@@ -159,32 +161,34 @@ def pathology(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
         col_pos = np.linspace(-1, 1, lung.shape[1])
         level = r.max() - depth + rng.uniform(0.0, 0.4) * depth * col_pos[None, :] ** 2 * rng.choice((-1, 1))
         region = side & (np.arange(lung.shape[0])[:, None] > level)
-        _paint(image, region, (20.0, 60.0), rng, cfg, border)
+        _paint(image, region, (20.0, 60.0), rng, hu_window, border)
     else:
         for _ in range(int(rng.integers(1, 6))):
             k = int(rng.integers(rows.size))
             region = _blob(lung.shape, (rows[k], cols[k]), rng.uniform(1.0, 6.5), rng, 0.1) & lung
-            _paint(image, region, (-50.0, 80.0), rng, cfg, border)
+            _paint(image, region, (-50.0, 80.0), rng, hu_window, border)
     return np.clip(image, 0.0, 1.0)
 
 
 class Augmenter:
-    """The training augmentation: a callable ``(image, labels, rng) -> (image, labels)``."""
+    """The training augmentation: a callable ``(image, labels, rng) -> (image, labels)`` on network
+    input made with ``hu_window`` (HU; the model's, so painted densities are right for any window)."""
 
-    def __init__(self, cfg: AugmentConfig = AugmentConfig()):
+    def __init__(self, cfg: AugmentConfig = AugmentConfig(), hu_window: Tuple[float, float] = HU_WINDOW):
         self.cfg = cfg
+        self.hu_window = (float(hu_window[0]), float(hu_window[1]))
 
     def __call__(self, image: np.ndarray, labels: np.ndarray,
                  rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
         cfg = self.cfg
         if rng.random() < cfg.p_pathology:
-            image = pathology(image, labels, rng, cfg)  # before warping, so lesions warp with the lung
+            image = pathology(image, labels, rng, self.hu_window)  # before warping, so lesions warp with the lung
         if rng.random() < cfg.p_negative:
-            image, labels = negative_example(image, labels, rng, cfg.hu_window)
+            image, labels = negative_example(image, labels, rng, self.hu_window)
         if rng.random() < cfg.p_flip:
             image, labels = flip_left_right(image, labels)
         if rng.random() < cfg.p_spatial:
             image, labels = spatial(image, labels, rng, cfg)
         if rng.random() < cfg.p_intensity:
-            image = intensity(image, rng, cfg)
+            image = intensity(image, rng, cfg, self.hu_window)
         return image, labels

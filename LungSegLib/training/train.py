@@ -86,7 +86,9 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         aug = values.pop("augment_config", {}) or {}
-        aug = {k: tuple(v) if isinstance(v, list) else v for k, v in aug.items()}
+        # runs saved by earlier versions kept a copy of the HU window here; the recipe's hu_window is the one
+        aug_known = {f.name for f in fields(AugmentConfig)}
+        aug = {k: tuple(v) if isinstance(v, list) else v for k, v in aug.items() if k in aug_known}
         values["hu_window"] = tuple(values.get("hu_window", HU_WINDOW))
         return cls(augment_config=AugmentConfig(**aug), **values)
 
@@ -399,7 +401,7 @@ def train(cases_dir: os.PathLike, run_dir: os.PathLike, config: Optional[TrainCo
 
     keras.utils.set_random_seed(config.seed + state["epoch"])
     keras_model = _starting_model(run_dir, config, state, resume, init_model, log)
-    augment = Augmenter(config.augment_config) if config.augment else None
+    augment = Augmenter(config.augment_config, config.hu_window) if config.augment else None
     sampler = SliceSampler(train_cases, config.n_classes, seed=config.seed * 1000 + state["epoch"],
                            lung_fraction=config.lung_fraction, augment=augment)
     dataset = tf_dataset(sampler, config.batch_size, spec.size)
