@@ -4,7 +4,8 @@
 #
 #   benchmarks/train_bundled.sh final     # all cases -> $RUNS/bundled (64 x 50 steps, 52 min cap)
 #   benchmarks/train_bundled.sh install   # $RUNS/bundled/best.weights.npz -> Resources/Models + card
-#   benchmarks/train_bundled.sh lopo      # one shorter fold per case (last epoch kept), scored on the left-out case
+#   benchmarks/train_bundled.sh lopo [CASE...]  # one fold per case with the final recipe and its full
+#                                               # schedule (last epoch kept), scored on the left-out case
 #   benchmarks/train_bundled.sh lopo-summary   # benchmarks/results/lopo/summary.{csv,json}
 #
 # LUNGSEG_DATA_DIR defaults to ../shared/data (next to the repository clone); RUNS to /tmp/lungseg_runs.
@@ -45,28 +46,47 @@ write_card(models_dir() / BUNDLED_MODEL, card)
 PY
     ;;
   lopo)
+    # The same 64 x 50 steps as `final` and no time cap, so a busy machine cannot shorten a fold. The
+    # left-out case is not in the run at all (a split file with no validation set: nothing is chosen on
+    # it, and no per-epoch validation pass doubles the time); it is scored once, at the end. Folds can
+    # run in separate sessions: name the cases to run, default all.
     mkdir -p benchmarks/results/lopo
-    for dir in "$DATA"/*/; do
-      case_id="$(basename "$dir")"
-      $LUNGSEG train "$DATA" --out "$RUNS/lopo-$case_id" --val "$case_id" "${RECIPE[@]}" \
-        --epochs 7 --patience 0 --max-minutes 9 --select last
+    shift
+    cases=("$@")
+    if [ ${#cases[@]} -eq 0 ]; then
+      for dir in "$DATA"/*/; do cases+=("$(basename "$dir")"); done
+    fi
+    for case_id in "${cases[@]}"; do
+      rm -rf "$RUNS/lopo-$case_id"
+      mkdir -p "$RUNS"
+      $PYTHON - "$DATA" "$case_id" > "$RUNS/split-$case_id.json" <<'PY'
+import json, sys
+from pathlib import Path
+data, left_out = Path(sys.argv[1]), sys.argv[2]
+train = sorted(d.name for d in data.iterdir() if d.is_dir() and d.name != left_out)
+print(json.dumps({"train": train, "val": []}))
+PY
+      $LUNGSEG train "$DATA" --out "$RUNS/lopo-$case_id" --split "$RUNS/split-$case_id.json" "${RECIPE[@]}" \
+        --epochs 64 --patience 0 --max-minutes 0
       cp "$RUNS/lopo-$case_id/log.csv" "benchmarks/results/lopo/$case_id.log.csv"
+      cp "$RUNS/lopo-$case_id/config.json" "benchmarks/results/lopo/$case_id.config.json"
       # full inference pipeline (post-processing on) on the left-out case's own grid
       $LUNGSEG evaluate "$RUNS/lopo-$case_id/best.keras" "$DATA" --cases "$case_id" \
         --out "benchmarks/results/lopo/$case_id" --overwrite --quiet
     done
     ;;
   lopo-summary)
-    # One table over the folds: the left-out case's Dice etc. and how long its fold trained.
-    $PYTHON - "$RUNS" <<'PY'
-import csv, json, sys
+    # One table over the folds (from the committed per-fold files, so folds run in different sessions
+    # count): the left-out case's Dice etc. and how long its fold trained.
+    $PYTHON - <<'PY'
+import csv, json
 from pathlib import Path
-runs, out = Path(sys.argv[1]), Path("benchmarks/results/lopo")
+out = Path("benchmarks/results/lopo")
 rows = []
-for fold in sorted(runs.glob("lopo-*")):
-    case = fold.name[len("lopo-"):]
-    log = list(csv.DictReader(open(fold / "log.csv")))
-    cfg = json.load(open(fold / "config.json"))["config"]
+for config_file in sorted(out.glob("*.config.json")):
+    case = config_file.name[:-len(".config.json")]
+    log = list(csv.DictReader(open(out / f"{case}.log.csv")))
+    cfg = json.load(open(config_file))["config"]
     for r in csv.DictReader(open(out / case / "evaluation.csv")):
         rows.append({"left_out_case": case, "lung": r["lung"], "dice": round(float(r["dice"]), 4),
                      "hd95_mm": round(float(r["hd95_mm"]), 1), "assd_mm": round(float(r["assd_mm"]), 2),
