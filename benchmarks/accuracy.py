@@ -16,10 +16,14 @@ Variants differ only after the network (its probabilities are computed once and 
   default post-processing);
 * ``+airways t=X``: lung where P(right)+P(left) >= X instead of argmax (boundary calibration).
 
-The cases are the bundled model's own training cases: every number here is a fit, optimistic for new
-patients, and a threshold chosen on them is tuned on them.
+With the bundled model the cases are its own training cases: every number is a fit, optimistic for
+new patients, and a threshold chosen on them is tuned on them. ``--fold-models RUNS`` scores each case
+with the leave-one-patient-out fold that never saw it (``RUNS/lopo-<case>/best.weights.npz`` from
+``benchmarks/train_bundled.sh lopo``): the honest numbers. ``--model`` scores another model file.
 
     python benchmarks/accuracy.py [--thresholds 0.5,0.6,0.7] [--out benchmarks/results/accuracy_before_after]
+    python benchmarks/accuracy.py --fold-models /tmp/lungseg_runs --defaults-only --thresholds "" \
+        --out benchmarks/results/lopo/accuracy
 """
 from __future__ import annotations
 
@@ -71,9 +75,12 @@ def measure(case: Case, labels: np.ndarray, airway: np.ndarray, convention: np.n
     return rows
 
 
-def variants(thresholds: List[float]):
+def variants(thresholds: List[float], defaults_only: bool = False):
     off = dict(remove_airways=False, remove_boundary_fat=False, boundary_midpoint=False)
     yield "today", None, PostprocessOptions(**off)
+    if defaults_only:
+        yield "+airways+rim (new default)", None, PostprocessOptions()
+        return
     yield "+airways", None, PostprocessOptions(**dict(off, remove_airways=True))
     yield "+airways+fat", None, PostprocessOptions(**dict(off, remove_airways=True, remove_boundary_fat=True))
     yield "+airways+rim (new default)", None, PostprocessOptions(**dict(off, remove_airways=True, boundary_midpoint=True))
@@ -83,16 +90,27 @@ def variants(thresholds: List[float]):
         yield f"+airways t={t:g}", t, PostprocessOptions(**dict(off, remove_airways=True))
 
 
-def run(thresholds: List[float], cases: Optional[List[str]] = None) -> List[Dict]:
+def model_for(case: str, model: Optional[str], fold_models: Optional[str]) -> Optional[Path]:
+    """The model file that scores ``case``: its LOPO fold's, the given one, or None (bundled)."""
+    if fold_models:
+        path = Path(fold_models) / f"lopo-{case}" / "best.weights.npz"
+        if not path.is_file():
+            raise SystemExit(f"{path} is missing: run benchmarks/train_bundled.sh lopo {case} first.")
+        return path
+    return Path(model) if model else None
+
+
+def run(thresholds: List[float], cases: Optional[List[str]] = None, model: Optional[str] = None,
+        fold_models: Optional[str] = None, defaults_only: bool = False) -> List[Dict]:
     rows = []
     for name in cases or case_names():
         case = load_case(name)
-        right, left = network_probabilities(case)
+        right, left = network_probabilities(case, model_path=model_for(name, model, fold_models))
         airway = find_central_airways(case.ct, case.truth, case.spacing).mask
         # the reference with the convention's partial-volume rule applied at its surface
         convention = case.truth.copy()
         remove_partial_volume_rim(convention, case.ct, case.spacing)
-        for variant, threshold, options in variants(thresholds):
+        for variant, threshold, options in variants(thresholds, defaults_only):
             labels = labels_from_probabilities(right, left, threshold)
             t0 = time.perf_counter()
             postprocess(labels, options, ct=case.ct, spacing=case.spacing)
@@ -137,14 +155,27 @@ def main() -> None:
     parser.add_argument("--thresholds", default="0.5,0.6,0.7")
     parser.add_argument("--cases", default="")
     parser.add_argument("--out", default="benchmarks/results/accuracy_before_after")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", help="score this model file (.npz/.keras + card) instead of the bundled one")
+    which.add_argument("--fold-models", metavar="RUNS",
+                       help="score each case with RUNS/lopo-<case>/best.weights.npz (leave-one-patient-out)")
+    parser.add_argument("--defaults-only", action="store_true",
+                        help="only the old post-processing and today's default")
     args = parser.parse_args()
     thresholds = [float(t) for t in args.thresholds.split(",") if t]
-    rows = run(thresholds, [c for c in args.cases.split(",") if c] or None)
+    rows = run(thresholds, [c for c in args.cases.split(",") if c] or None, args.model, args.fold_models,
+               args.defaults_only)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-    text = (f"# Accuracy before/after (issue 11)\n\n`python benchmarks/accuracy.py --thresholds {args.thresholds}` "
-            "(bundled model, shared cases = its training cases: a fit, not generalisation)\n\n"
+    if args.fold_models:
+        what = ("each case scored by the leave-one-patient-out fold model that never saw it "
+                "(`benchmarks/train_bundled.sh lopo`)")
+    else:
+        what = (f"model {Path(args.model).name}" if args.model else "bundled model") + \
+            ", shared cases = its training cases: a fit, not generalisation"
+    command = " ".join(["python benchmarks/accuracy.py"] + [a if a and " " not in a else repr(a) for a in sys.argv[1:]])
+    text = (f"# Accuracy before/after (issue 11)\n\n`{command}` ({what})\n\n"
             + summary_table(rows) + "\n\n## Per case\n\n" + case_table(rows) + "\n")
     out.with_suffix(".md").write_text(text)
     print(summary_table(rows))

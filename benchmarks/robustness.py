@@ -161,11 +161,16 @@ def score(case: Case, labels: np.ndarray, expected: np.ndarray, base_volume: flo
     return row
 
 
-def run(model_path=None, only: str = "") -> List[Dict]:
-    model = load_model(model_path or bundled_model_path())
+def run(model_path=None, only: str = "", fold_models=None) -> List[Dict]:
+    """``fold_models``: score each case with its leave-one-patient-out fold (``RUNS/lopo-<case>``)."""
+    from accuracy import model_for
+
+    model = None if fold_models else load_model(model_path or bundled_model_path())
     rows = []
     for name in case_names():
         case = load_case(name)
+        if fold_models:
+            model = load_model(model_for(name, None, fold_models))
         rng = np.random.default_rng(0)
         base = labels_from_probabilities(*network_probabilities(case, model))
         base_volume = {}
@@ -203,19 +208,25 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="model file (default: the bundled model)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", help="model file (default: the bundled model)")
+    which.add_argument("--fold-models", metavar="RUNS",
+                       help="score each case with RUNS/lopo-<case>/best.weights.npz (leave-one-patient-out)")
     parser.add_argument("--only", default="", help="comma-separated words: only the changes whose name has one")
     parser.add_argument("--name", default="robustness", help="output stem in benchmarks/results")
     args = parser.parse_args()
-    rows = run(args.model, args.only)
+    rows = run(args.model, args.only, args.fold_models)
     out = Path(__file__).resolve().parent / "results" / args.name
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     command = "python benchmarks/robustness.py" + "".join(
-        f" --{k} {v}" for k, v in (("model", args.model), ("only", args.only), ("name", args.name))
-        if v and v != "robustness")
-    model = args.model or "bundled model"
+        f" --{k} {v}" for k, v in (("model", args.model), ("fold-models", args.fold_models), ("only", args.only),
+                                   ("name", args.name)) if v and v != "robustness")
+    if args.fold_models:
+        what = "each case scored by the leave-one-patient-out fold model that never saw it"
+    else:
+        what = f"{args.model or 'bundled model'}, the shared cases = its training cases"
     out.with_suffix(".md").write_text(
-        f"# Robustness: painted disease and lookalikes ({model}, the shared cases = its training cases)\n\n"
+        f"# Robustness: painted disease and lookalikes ({what})\n\n"
         f"`{command}`; what each change is and what is expected: the script's docstring.\n\n"
         + table(rows) + "\n")
     print(table(rows))
