@@ -161,13 +161,13 @@ def score(case: Case, labels: np.ndarray, expected: np.ndarray, base_volume: flo
     return row
 
 
-def run(model_path=None, only: str = "", fold_models=None) -> List[Dict]:
+def run(model_path=None, only: str = "", fold_models=None, cases: str = "") -> List[Dict]:
     """``fold_models``: score each case with its leave-one-patient-out fold (``RUNS/lopo-<case>``)."""
     from accuracy import model_for
 
     model = None if fold_models else load_model(model_path or bundled_model_path())
     rows = []
-    for name in case_names():
+    for name in [c for c in cases.split(",") if c] or case_names():
         case = load_case(name)
         if fold_models:
             model = load_model(model_for(name, None, fold_models))
@@ -213,14 +213,15 @@ def main() -> None:
     which.add_argument("--fold-models", metavar="RUNS",
                        help="score each case with RUNS/lopo-<case>/best.weights.npz (leave-one-patient-out)")
     parser.add_argument("--only", default="", help="comma-separated words: only the changes whose name has one")
+    parser.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     parser.add_argument("--name", default="robustness", help="output stem in benchmarks/results")
     args = parser.parse_args()
-    rows = run(args.model, args.only, args.fold_models)
+    rows = run(args.model, args.only, args.fold_models, args.cases)
     out = Path(__file__).resolve().parent / "results" / args.name
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     command = "python benchmarks/robustness.py" + "".join(
         f" --{k} {v}" for k, v in (("model", args.model), ("fold-models", args.fold_models), ("only", args.only),
-                                   ("name", args.name)) if v and v != "robustness")
+                                   ("cases", args.cases), ("name", args.name)) if v and v != "robustness")
     if args.fold_models:
         what = "each case scored by the leave-one-patient-out fold model that never saw it"
     else:
