@@ -26,22 +26,23 @@ from .negatives import negative_example, outer_boundary
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Strength and probability of each augmentation (angles in degrees, HU in Hounsfield units)."""
+    """How often each augmentation is applied (per slice), then how strong it is (angles in degrees,
+    shifts in model-grid pixels, HU in Hounsfield units)."""
 
     p_flip: float = 0.5
     p_spatial: float = 0.9
-    rotate_deg: float = 15.0
-    scale: Tuple[float, float] = (0.8, 1.2)
-    shift_px: float = 16.0
-    p_elastic: float = 0.3
-    elastic_px: float = 6.0
+    p_elastic: float = 0.3  # within the spatial step
     p_pathology: float = 0.5
     p_negative: float = 0.3
     p_intensity: float = 0.8
+    p_blur: float = 0.25  # within the intensity step
+    rotate_deg: float = 15.0
+    scale: Tuple[float, float] = (0.8, 1.2)
+    shift_px: float = 16.0
+    elastic_px: float = 6.0
     hu_shift: float = 40.0
     contrast: Tuple[float, float] = (0.85, 1.15)
     noise_hu: float = 30.0
-    p_blur: float = 0.25
 
 
 def flip_left_right(image: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
