@@ -255,7 +255,7 @@ def test_segment_file_checks_input_and_outputs_before_loading_the_model(tmp_path
 
 
 # --- the clean-up in bounded memory gives the plain SciPy answer ----------------------------------------------
-def _reference_keep_main(labels: np.ndarray, min_fraction: float = 0.1) -> np.ndarray:
+def _reference_keep_main(labels: np.ndarray, min_fraction: float = 0.1, upper_fraction: float = 0.01) -> np.ndarray:
     """keep_main_components written plainly with whole-volume SciPy calls (the memory-hungry way)."""
     from scipy import ndimage
 
@@ -267,8 +267,12 @@ def _reference_keep_main(labels: np.ndarray, min_fraction: float = 0.1) -> np.nd
         if n <= 1:
             continue
         sizes = np.bincount(comp.ravel())[1:]
+        main_slices = np.flatnonzero((comp == np.argmax(sizes) + 1).any(axis=(1, 2)))
+        middle = (main_slices[0] + main_slices[-1]) / 2
         for cid in np.flatnonzero(sizes < min_fraction * sizes.max()) + 1:
             island = comp == cid
+            if sizes[cid - 1] >= upper_fraction * sizes.max() and np.flatnonzero(island.any(axis=(1, 2)))[0] > middle:
+                continue  # an upper island big enough to be lung
             touches = (ndimage.binary_dilation(island, structure=full) & (labels == other)).any()
             labels[island] = other if touches else 0
     return labels
@@ -284,6 +288,7 @@ def test_keep_main_components_matches_the_plain_scipy_version():
         labels[_SLAB - 2:_SLAB + 2, 8:11, 19:22] = 1   # an island of 1 touching lung 2, across a slab edge
         labels[5:9, 25:28, 30:33] = 1                  # a lone island of 1
         labels[40:43, 1:4, 10:13] = 2                  # a lone island of 2
+        labels[-6:, 24:29, 30:36] = 1                  # an upper island of 1, big enough to be kept
         for value in (0, 1, 2):  # 10 stray voxels of each value
             labels[tuple(rng.integers(0, n, 10) for n in labels.shape)] = value
         assert np.array_equal(keep_main_components(labels.copy()), _reference_keep_main(labels.copy()))
