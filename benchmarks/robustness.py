@@ -46,7 +46,7 @@ from LungSegLib.core.model import load_model  # noqa: E402
 from LungSegLib.core.postprocess import PostprocessOptions, postprocess  # noqa: E402
 from LungSegLib.evaluation.metrics import dice  # noqa: E402
 
-OFF = dict(remove_airways=False, remove_boundary_fat=False, boundary_midpoint=False)
+OFF = dict(remove_airways=False, remove_boundary_fat=False, boundary_midpoint=False, upper_island_fraction=0.0)
 VARIANTS = {"today": PostprocessOptions(**OFF), "default": PostprocessOptions(),
             "default+fat": PostprocessOptions(remove_boundary_fat=True)}
 
