@@ -193,6 +193,9 @@ def _add_train_parser(sub) -> None:
                    help="cross-entropy + Dice (default), cross-entropy, Dice, or binary CE (1 class)")
     p.add_argument("--base-filters", type=int, default=8, help="filters of the first level (default 8)")
     p.add_argument("--depth", type=int, default=4, help="number of 2x poolings (default 4)")
+    p.add_argument("--context-mm", type=float, default=0.0,
+                   help="also show the network the CT this many mm below and above each slice (two more "
+                        "input channels, interpolated between slices; default 0: the slice alone)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default 40; with --resume: new total)")
     p.add_argument("--steps-per-epoch", type=int, default=50, help="batches per epoch (default 50)")
     p.add_argument("--batch-size", type=int, default=TRAIN_BATCH_SIZE,
@@ -225,15 +228,18 @@ def _run_train(args) -> int:
     and log.csv. Slices go through exactly the inference preprocessing.
     """
     from .core.inference import configure_threads
+    from .errors import InputError
     from .training.train import TrainConfig, train
 
+    if not 0 <= args.context_mm <= 30:
+        raise InputError(f"--context-mm {args.context_mm}: give 0 (the slice alone) or a distance in mm up to 30.")
     configure_threads(args.threads)
     config = TrainConfig(n_classes=args.classes, loss=args.loss, base_filters=args.base_filters,
                          depth=args.depth, epochs=args.epochs or TrainConfig.epochs,
                          steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                          learning_rate=args.lr, patience=args.patience, seed=args.seed,
                          augment=not args.no_augment, max_minutes=args.max_minutes, select=args.select,
-                         init=args.init)
+                         init=args.init, context_mm=args.context_mm)
     verbose = 2 if args.quiet or not sys.stderr.isatty() else 1
     result = train(args.cases_dir, args.out, config, val=args.val, split_file=args.split,
                    resume=args.resume, epochs=args.epochs, cache_dir=args.cache_dir, verbose=verbose)

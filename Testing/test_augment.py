@@ -96,3 +96,45 @@ def test_same_seed_same_augmentation():
     b = Augmenter()(image, labels, np.random.default_rng(7))
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+
+
+def with_context(image):
+    """The slice with two context channels (darker below, brighter above) -> (size, size, 3)."""
+    return np.stack([image * 0.9, image, np.clip(image * 1.1, 0, 1)], axis=-1).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_one_channel_input_augments_exactly_like_a_plain_slice(seed):
+    """The shipped (single-slice) recipe is unchanged by the channel axis training now adds."""
+    image, labels = model_slice()
+    cfg = AugmentConfig(p_pathology=1.0, p_negative=1.0, p_blur=1.0)
+    plain = Augmenter(cfg)(image, labels, np.random.default_rng(seed))
+    channel = Augmenter(cfg)(image[..., None], labels, np.random.default_rng(seed))
+    np.testing.assert_allclose(channel[0][..., 0], plain[0], atol=1e-6)
+    np.testing.assert_array_equal(channel[1], plain[1])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_context_channels_move_with_the_slice_and_keep_their_own_values(seed):
+    image, labels = model_slice()
+    cfg = AugmentConfig(rotate_deg=20, p_elastic=1.0)
+    w_plain, w_labels = spatial(image, labels, np.random.default_rng(seed), cfg)
+    w_ctx, w_labels_ctx = spatial(with_context(image), labels, np.random.default_rng(seed), cfg)
+    assert w_ctx.shape == (SIZE, SIZE, 3)
+    np.testing.assert_array_equal(w_labels_ctx, w_labels)
+    np.testing.assert_allclose(w_ctx[..., 1], w_plain, atol=1e-6)  # the same warp for every channel
+    np.testing.assert_allclose(w_ctx[..., 0], 0.9 * w_plain, atol=1e-5)
+    out = intensity(with_context(image), np.random.default_rng(seed), AugmentConfig(p_blur=1.0))
+    # in-plane blur only: the darker channel below stays darker than the slice in the lungs
+    assert out[..., 0][labels > 0].mean() < out[..., 1][labels > 0].mean()
+
+
+def test_disease_painted_with_context_reaches_every_channel_inside_the_lung_only():
+    image, labels = model_slice()
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        out = pathology(with_context(image), labels, rng)
+        changed = np.abs(out - with_context(image)) > 1e-6
+        assert out.shape == (SIZE, SIZE, 3)
+        assert not (changed & (labels == 0)[..., None]).any()
+        assert all(changed[..., c].any() for c in range(3))

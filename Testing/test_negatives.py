@@ -135,3 +135,19 @@ def test_train_config_reads_runs_saved_with_a_window_copy_in_the_augmentation():
     config = TrainConfig.from_json(saved)
     assert config.hu_window == (-1000.0, 200.0)
     assert config.augment_config == AugmentConfig()
+
+
+@pytest.mark.parametrize("painter", [fat_at_border, gas_beside_lung, effusion_outside])
+def test_lookalikes_with_context_channels_span_every_channel(painter):
+    """With through-plane context the lookalike is painted in all channels at the same pixels, chosen
+    from the slice itself (the middle channel)."""
+    from test_augment import with_context
+
+    image, labels = model_slice()
+    ctx = with_context(image)
+    out, out_labels = painter(ctx, labels, np.random.default_rng(4), WINDOW)
+    plain, plain_labels = painter(image, labels, np.random.default_rng(4), WINDOW)
+    painted = np.abs(out - ctx) > 1e-6
+    assert out.shape == ctx.shape and painted[..., 1].sum() > 5
+    np.testing.assert_array_equal(painted[..., 0], painted[..., 1])
+    np.testing.assert_array_equal(out_labels, plain_labels)  # the same place as on the plain slice

@@ -50,8 +50,11 @@ def test_prepared_volume_is_the_canonical_stack_on_the_model_grid(chest_phantom)
     assert cols[labels[np.nonzero(labels)] == 1].mean() < cols[labels[np.nonzero(labels)] == 2].mean()
 
 
-def test_training_caches_exactly_what_inference_feeds_the_network(chest_phantom, tmp_path):
+@pytest.mark.parametrize("context_mm", [0.0, 6.0])
+def test_training_caches_exactly_what_inference_feeds_the_network(chest_phantom, tmp_path, context_mm):
     from LungSegLib.training.dataset import find_cases, prepare_case
+
+    spec = ModelGridSpec(size=SPEC.size, pixel_mm=SPEC.pixel_mm, context_mm=context_mm)
 
     geometry = chest_phantom.geometry(SHAPE, SPACING)
     ct, labels = chest_phantom.ct(geometry, SHAPE), chest_phantom.labels(geometry, SHAPE)
@@ -61,6 +64,39 @@ def test_training_caches_exactly_what_inference_feeds_the_network(chest_phantom,
         image = sitk.GetImageFromArray(array)
         geometry.apply_to_sitk(image)
         sitk.WriteImage(image, str(folder / name))
-    cached = prepare_case(find_cases(tmp_path / "cases")[0], tmp_path / "cache", SPEC)
-    fed = prepare_volume(ct, geometry, SPEC).model_slices(slice(None))  # what segment_array resamples
+    cached = prepare_case(find_cases(tmp_path / "cases")[0], tmp_path / "cache", spec)
+    # what segment_array feeds the network, batch by batch
+    prepared = prepare_volume(ct, geometry, spec)
+    reuse = {}
+    fed = np.concatenate([prepared.model_input(np.arange(a, min(a + 3, SHAPE[0])), reuse)
+                          for a in range(0, SHAPE[0], 3)])
+    assert fed.shape == (SHAPE[0], 64, 64, spec.channels)
     np.testing.assert_array_equal(np.asarray(cached.image), fed.astype(np.float16))
+
+
+@pytest.mark.parametrize("z_direction", [1.0, -1.0])
+def test_context_channels_show_the_ct_a_fixed_distance_below_and_above(z_direction):
+    """Channels 0/1/2 are the CT ``context_mm`` towards the feet, the slice, ``context_mm`` towards the
+    head (patient directions whatever the file's slice order), interpolated in mm and clamped at the ends."""
+    from LungSegLib.core.geometry import Geometry
+
+    n, spacing_z, context = 12, 4.0, 6.0
+    geometry = Geometry((2.0, 2.0, spacing_z), (0.0, 0.0, 0.0), np.diag([1.0, 1.0, z_direction]))
+    # each slice uniform; HU grows 50 per slice towards the head (patient superior = +z in LPS)
+    k = np.arange(n) if z_direction > 0 else np.arange(n)[::-1]
+    ct = np.broadcast_to((-900 + 50 * k)[:, None, None], (n, 40, 40)).astype(np.int16)
+    spec = ModelGridSpec(size=8, pixel_mm=2.0, context_mm=context)
+    prepared = prepare_volume(ct, geometry, spec)
+    reuse = {}
+    x = np.concatenate([prepared.model_input(np.arange(a, min(a + 5, n)), reuse) for a in range(0, n, 5)])
+    assert x.shape == (n, 8, 8, 3) and spec.channels == 3
+    assert len(reuse) < n  # slices below the batch's needs are dropped as the walk goes up
+    centre = x[:, 4, 4]  # (n, 3) at the middle pixel
+    position = np.arange(n)[:, None] + np.array([-1, 0, 1]) * context / spacing_z  # canonical = superior
+    expected = hu_to_unit(-900 + 50 * np.clip(position, 0, n - 1))
+    np.testing.assert_allclose(centre, expected, atol=1e-5)
+    # resampling each slice once (reuse) or afresh gives the same input
+    np.testing.assert_allclose(prepared.model_input(np.arange(3, 7)), x[3:7], atol=1e-6)
+    # without context: one channel, the slice itself
+    plain = prepare_volume(ct, geometry, ModelGridSpec(size=8, pixel_mm=2.0))
+    np.testing.assert_array_equal(plain.model_input(np.arange(n))[..., 0], plain.model_slices(np.arange(n)))

@@ -96,7 +96,7 @@ def test_find_cases_refuses_a_folder_without_cases(tmp_path):
 def test_cases_are_prepared_like_inference_with_sides_by_patient_position(phantom_cases, tmp_path):
     cases = {c.case_id: prepare_case(c, tmp_path, SPEC) for c in find_cases(phantom_cases)}
     for case in cases.values():
-        assert case.image.dtype == np.float16 and case.image.shape[1:] == (64, 64)
+        assert case.image.dtype == np.float16 and case.image.shape[1:] == (64, 64, 1)
         assert 0.0 <= float(case.image.min()) and float(case.image.max()) <= 1.0
         lungs = np.asarray(case.labels)
         assert set(np.unique(lungs)) == {0, 1, 2}
@@ -291,3 +291,35 @@ def test_cli_train_writes_a_loadable_model(phantom_cases, tmp_path, capsys):
     assert "Best epoch 1" in out and "best.weights.npz" in out
     assert load_model(run / "best.keras").spec.size == 256
     assert load_model(run / "best.weights.npz").card["architecture"]["depth"] == 2
+
+
+def test_context_model_trains_loads_and_segments(phantom_cases, tmp_path, chest_phantom, capsys):
+    """--context-mm: a 3-channel network (the CT below, the slice, the CT above) from training to
+    inference; its card says so, and a card that does not fit the network is refused."""
+    from LungSegLib.cli import main
+    from LungSegLib.core.inference import segment_array
+    from LungSegLib.core.model import load_model
+    from LungSegLib.errors import ModelError
+
+    run = tmp_path / "ctx"
+    assert main(["train", str(phantom_cases), "--out", str(run), "--val", "p3", "--base-filters", "4",
+                 "--depth", "2", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--quiet",
+                 "--context-mm", "6"]) == 0
+    for name in ("best.keras", "best.weights.npz"):
+        loaded = load_model(run / name)
+        assert loaded.spec.context_mm == 6.0 and loaded.spec.channels == 3
+        assert loaded.card["architecture"]["in_channels"] == 3
+        assert loaded.keras_model.input_shape[-1] == 3
+    shape, spacing = (12, 60, 60), (5.0, 6.0, 6.0)
+    geometry = chest_phantom.geometry(shape, spacing)
+    result = segment_array(chest_phantom.ct(geometry, shape), geometry, loaded, postprocess_options=None)
+    assert result.labels.shape == shape and set(np.unique(result.labels)) <= {0, 1, 2}
+    # a card whose input section does not fit the network (no context for a 3-channel one) is refused
+    card_file = run / "best.weights.json"
+    card = json.loads(card_file.read_text())
+    card["input"]["context_mm"] = 0.0
+    card_file.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="input channel"):
+        load_model(run / "best.weights.npz")
+    assert main(["train", str(phantom_cases), "--out", str(tmp_path / "neg"), "--context-mm", "-2"]) == 3
+    assert "--context-mm" in capsys.readouterr().err

@@ -88,13 +88,18 @@ def probabilities(ct: np.ndarray, spacing, model: LoadedModel) -> Tuple[np.ndarr
     """(right, left) lung probabilities (float16) of the network for a canonical CT (not cached)."""
     from LungSegLib.core.inference import _predictor
 
+    from LungSegLib.core.geometry import CanonicalOrientation
+    from LungSegLib.core.preprocess import PreparedVolume
+
     resampler = resampler_for_volume(ct, tuple(spacing[1:]), model.spec)
+    prepared = PreparedVolume(CanonicalOrientation((0, 1, 2), (False,) * 3, tuple(spacing), 0.0), ct, resampler)
     predictor = _predictor(model, 8)
     right = np.zeros(ct.shape, np.float16)
     left = np.zeros(ct.shape, np.float16)
+    reuse = {}
     for start in range(0, ct.shape[0], 8):
         stop = min(ct.shape[0], start + 8)
-        x = resampler.to_model(ct[start:stop])
+        x = prepared.model_input(np.arange(start, stop), reuse)
         lung = predictor(x)[:, 1:]
         back, (rows, cols) = resampler.to_input(lung, channel_axis=1)
         right[start:stop, rows, cols] = back[:, 0]

@@ -258,8 +258,8 @@ def _network_rate(segmenter, flops: float, batch_size: int, compute_dtype: str) 
 
     extra = () if compute_dtype == "float32" else (compute_dtype,)
     predictor = inference._predictor(segmenter.model, batch_size, *extra)
-    size = segmenter.model.spec.size
-    x = np.random.default_rng(0).random((batch_size, size, size), dtype=np.float32)
+    spec = segmenter.model.spec
+    x = np.random.default_rng(0).random((batch_size, spec.size, spec.size, spec.channels), dtype=np.float32)
     predictor(x)
     best = float("inf")
     for _ in range(5):

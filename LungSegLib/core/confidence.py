@@ -205,7 +205,7 @@ class SliceScorer:
 
         Args:
             start: canonical index of the batch's first slice.
-            x: ``[B, S, S]`` model input; lungs: ``[B, C, S, S]`` lung probabilities (0 off the body);
+            x: ``[B, S, S, channels]`` model input (mirrored along its columns, axis 2); lungs: ``[B, C, S, S]`` lung probabilities (0 off the body);
             body: ``[B]`` which slices show a body; predict: the network; binary: 1-channel model.
         """
         indices = start + np.arange(len(lungs))

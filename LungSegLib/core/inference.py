@@ -154,19 +154,20 @@ class _Predictor:
 
         from .lean_graph import lean_function
 
-        size = model.spec.size
+        size, channels = model.spec.size, model.spec.channels
         forward = lean_function(model.keras_model, compute_dtype)
         self.batch_size = batch_size
 
-        @tf.function(input_signature=[tf.TensorSpec((None, size, size), tf.float32)],
+        @tf.function(input_signature=[tf.TensorSpec((None, size, size, channels), tf.float32)],
                      jit_compile=False, reduce_retracing=True)
         def predict(x):
-            return tf.transpose(forward(x[..., None]), (0, 3, 1, 2))
+            return tf.transpose(forward(x), (0, 3, 1, 2))
 
         self._predict = predict
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """``[n, size, size]`` model-grid slices (``n <= batch_size``) -> ``[n, C, size, size]`` float32."""
+        """``[n, size, size, channels]`` model input (``n <= batch_size``; :meth:`PreparedVolume.model_input`)
+        -> ``[n, C, size, size]`` float32."""
         return self._predict(batch).numpy()
 
 
@@ -216,12 +217,15 @@ def _labels_from_lungs(lungs: np.ndarray) -> np.ndarray:
     return out
 
 
-def _run_batches(canonical: np.ndarray, canonical_labels: np.ndarray, resampler, predictor: _Predictor,
+def _run_batches(prepared: PreparedVolume, canonical_labels: np.ndarray, predictor: _Predictor,
                  binary: bool, body_level: float, batch_size: int, progress: Optional[ProgressCallback],
                  cancel: CancelFlag, timings: Dict[str, float], scorer: Optional[SliceScorer] = None) -> None:
-    """Label ``canonical`` batch by batch into ``canonical_labels`` (both canonical stacks); a
+    """Label ``prepared`` batch by batch into ``canonical_labels`` (its canonical stack); a
     ``scorer`` sees each batch's probabilities (and may average in a mirrored pass)."""
-    total = canonical.shape[0]
+    resampler = prepared.resampler
+    total = prepared.canonical.shape[0]
+    centre = resampler.spec.channels // 2  # the slice itself among the input channels
+    reuse: Dict[int, np.ndarray] = {}
     t_model = t_map = 0.0
     if scorer is not None:
         scorer.writer = lambda indices, lung: _write_slices(canonical_labels, resampler, binary, indices, lung)
@@ -230,8 +234,8 @@ def _run_batches(canonical: np.ndarray, canonical_labels: np.ndarray, resampler,
             raise Cancelled("Segmentation cancelled; nothing was written.")
         stop = min(total, start + batch_size)
         t1 = time.perf_counter()
-        x = resampler.to_model(canonical[start:stop])
-        body = x.reshape(len(x), -1).max(axis=1) >= body_level
+        x = prepared.model_input(np.arange(start, stop), reuse)
+        body = x[..., centre].reshape(len(x), -1).max(axis=1) >= body_level
         t2 = time.perf_counter()
         if body.any():
             probs = predictor(x)
@@ -351,8 +355,8 @@ def _run_network(prepared: PreparedVolume, canonical_labels: np.ndarray, model: 
         canonical.shape[0], 1 if binary else model.n_classes - 1, model.spec.pixel_mm, confidence)
     # NumPy's BLAS on one thread: its idle threads would spin on the cores TensorFlow is using
     with threadpool_limits(1, user_api="blas"):
-        _run_batches(canonical, canonical_labels, prepared.resampler, predictor, binary,
-                     _body_level(model.spec), batch_size, progress, cancel, timings, scorer)
+        _run_batches(prepared, canonical_labels, predictor, binary, _body_level(model.spec), batch_size,
+                     progress, cancel, timings, scorer)
     if _is_cancelled(cancel):
         raise Cancelled("Segmentation cancelled; nothing was written.")
     return scorer

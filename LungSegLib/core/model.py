@@ -84,7 +84,8 @@ def spec_from_card(card: Dict[str, Any]) -> ModelGridSpec:
     card does not say)."""
     grid = card.get("input", {})
     return ModelGridSpec(size=int(grid.get("size", GRID_SIZE)), pixel_mm=float(grid.get("pixel_mm", GRID_PIXEL_MM)),
-                         hu_window=tuple(float(v) for v in grid.get("hu_window", HU_WINDOW)))
+                         hu_window=tuple(float(v) for v in grid.get("hu_window", HU_WINDOW)),
+                         context_mm=float(grid.get("context_mm", 0.0)))
 
 
 def classes_from_card(card: Dict[str, Any], model_name: str, out_channels: int) -> Tuple[str, ...]:
@@ -166,4 +167,9 @@ def load_model(path: Optional[os.PathLike] = None, verify: bool = True) -> Loade
     else:
         keras_model = _keras_file_model(model_path)
     classes = classes_from_card(card, model_path.name, int(keras_model.output_shape[-1]))
-    return LoadedModel(keras_model, model_path, spec_from_card(card), classes, card)
+    spec = spec_from_card(card)
+    if int(keras_model.input_shape[-1]) != spec.channels:
+        raise ModelError(f"{model_path.name} takes {keras_model.input_shape[-1]} input channel(s) but its card's "
+                         f"input.context_mm ({spec.context_mm}) means {spec.channels}: the card does not belong "
+                         "to this model.")
+    return LoadedModel(keras_model, model_path, spec, classes, card)

@@ -11,7 +11,7 @@ multiplying only the input rows it reads: the same products at a tenth of the ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -66,11 +66,28 @@ class _Banded:
 
 @dataclass(frozen=True)
 class ModelGridSpec:
-    """The model's input grid: ``size`` x ``size`` pixels of ``pixel_mm`` mm, HU window."""
+    """The model's input grid: ``size`` x ``size`` pixels of ``pixel_mm`` mm, HU window, and the
+    through-plane context.
+
+    ``context_mm`` > 0 gives the network two more input channels: the CT ``context_mm`` below and above
+    the slice (mm along the patient's superior axis, interpolated between slices, so thin and thick
+    slices show the same anatomy). 0 (the default) is one slice alone.
+    """
 
     size: int = GRID_SIZE
     pixel_mm: float = GRID_PIXEL_MM
     hu_window: Tuple[float, float] = HU_WINDOW
+    context_mm: float = 0.0
+
+    @property
+    def channels(self) -> int:
+        """Input channels of the network: 1, or 3 (inferior, the slice, superior) with context."""
+        return 3 if self.context_mm > 0 else 1
+
+    @property
+    def offsets_mm(self) -> Tuple[float, ...]:
+        """Each input channel's distance from the slice (mm, towards superior)."""
+        return (-self.context_mm, 0.0, self.context_mm) if self.context_mm > 0 else (0.0,)
 
 
 @dataclass(frozen=True)
@@ -201,6 +218,40 @@ class PreparedVolume:
         """Canonical slices ``index`` (a slice or an index array) on the model grid, float32 in [0, 1]
         (intensity window applied)."""
         return self.resampler.to_model(self.canonical[index])
+
+    def model_input(self, indices: np.ndarray, reuse: Optional[Dict[int, np.ndarray]] = None) -> np.ndarray:
+        """The network input for canonical slices ``indices``: ``(B, size, size, channels)`` float32.
+
+        One channel is :meth:`model_slices`. With context (``spec.context_mm`` > 0) the other channels
+        are the CT that far below and above, linearly interpolated between the model-grid slices on
+        either side and clamped to the first/last slice. ``reuse`` (a dict the caller keeps between
+        calls that walk the stack upwards) holds model-grid slices already resampled, so each slice is
+        resampled once; entries below the batch's lowest need are dropped.
+        """
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        spec = self.resampler.spec
+        if spec.channels == 1:
+            return self.model_slices(indices)[..., None]
+        n = self.canonical.shape[0]
+        step = np.array(spec.offsets_mm) / self.orientation.slice_spacing_mm
+        position = np.clip(indices[:, None] + step[None, :], 0, n - 1)  # (B, C) fractional slice index
+        below = np.floor(position).astype(np.int64)
+        above = np.minimum(below + 1, n - 1)
+        weight = (position - below).astype(np.float32)
+        needed = np.union1d(below, above)
+        cache = {} if reuse is None else reuse
+        for k in [k for k in cache if k < needed[0]]:
+            del cache[k]
+        missing = np.array([k for k in needed if int(k) not in cache], dtype=np.int64)
+        if missing.size:
+            for k, image in zip(missing, self.model_slices(missing)):
+                cache[int(k)] = image
+        out = np.empty((indices.size, spec.size, spec.size, spec.channels), np.float32)
+        for b in range(indices.size):
+            for c in range(spec.channels):
+                lo, hi, w = cache[int(below[b, c])], cache[int(above[b, c])], weight[b, c]
+                out[b, :, :, c] = lo if w == 0 else (1 - w) * lo + w * hi
+        return out
 
 
 def prepare_volume(volume: np.ndarray, geometry: Geometry, spec: ModelGridSpec = ModelGridSpec()) -> PreparedVolume:

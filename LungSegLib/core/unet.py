@@ -27,6 +27,8 @@ class UNetArchitecture:
         depth: number of 2x poolings.
         batch_norm: BatchNormalization after each 3x3 convolution.
         dropout: dropout rate at the bottom (no weights; training only).
+        in_channels: input channels: 1 (the slice), or 3 with through-plane context (the card's
+            ``input.context_mm``; cards written before it existed mean 1).
     """
 
     size: int
@@ -35,12 +37,13 @@ class UNetArchitecture:
     depth: int
     batch_norm: bool = True
     dropout: float = 0.0
+    in_channels: int = 1
 
     def to_card(self) -> Dict[str, Any]:
         """The card's ``architecture`` fields that rebuild this network."""
         return {"type": "2D U-Net", "builder": BUILDER, "size": self.size, "n_classes": self.n_classes,
                 "base_filters": self.base_filters, "depth": self.depth, "batch_norm": self.batch_norm,
-                "dropout": self.dropout}
+                "dropout": self.dropout, "in_channels": self.in_channels}
 
     @classmethod
     def from_card(cls, card: Dict[str, Any], complete: bool = True) -> "UNetArchitecture":
@@ -70,13 +73,15 @@ class UNetArchitecture:
         try:
             result = cls(size=int(arch["size"]), n_classes=int(arch["n_classes"]),
                          base_filters=int(arch["base_filters"]), depth=int(arch["depth"]),
-                         batch_norm=bool(arch["batch_norm"]), dropout=float(arch["dropout"]))
+                         batch_norm=bool(arch["batch_norm"]), dropout=float(arch["dropout"]),
+                         in_channels=int(arch.get("in_channels", 1)))
         except (TypeError, ValueError) as exc:
             raise ModelError(f"The model card's architecture is invalid: {exc}") from exc
         if result.n_classes not in (1, 3) or result.base_filters < 1 or result.depth < 1 \
-                or result.size < 1 or result.size % (2 ** result.depth) or not 0 <= result.dropout < 1:
+                or result.size < 1 or result.size % (2 ** result.depth) or not 0 <= result.dropout < 1 \
+                or result.in_channels not in (1, 3):
             raise ModelError(f"The model card's architecture {result} is not one build_unet makes "
-                             "(n_classes 1 or 3, size divisible by 2**depth).")
+                             "(n_classes 1 or 3, in_channels 1 or 3, size divisible by 2**depth).")
         input_size = (card.get("input") or {}).get("size")
         if input_size is not None and int(input_size) != result.size:
             raise ModelError(f"The model card says input.size {input_size} but architecture.size "
@@ -86,12 +91,15 @@ class UNetArchitecture:
     def build(self, name: Optional[str] = None):
         """The Keras model (freshly initialised weights)."""
         return build_unet(size=self.size, n_classes=self.n_classes, base_filters=self.base_filters,
-                          depth=self.depth, batch_norm=self.batch_norm, dropout=self.dropout, name=name)
+                          depth=self.depth, batch_norm=self.batch_norm, dropout=self.dropout, name=name,
+                          in_channels=self.in_channels)
 
 
 def build_unet(size: int = 256, n_classes: int = 3, base_filters: int = 16, depth: int = 4,
-               batch_norm: bool = True, dropout: float = 0.0, name: Optional[str] = None):
-    """A U-Net for ``size`` x ``size`` single-channel slices.
+               batch_norm: bool = True, dropout: float = 0.0, name: Optional[str] = None,
+               in_channels: int = 1):
+    """A U-Net for ``size`` x ``size`` slices of ``in_channels`` channels (the slice, or the slice with
+    the CT below and above it).
 
     Each level is two 3x3 convolutions (+ BatchNormalization) and ReLU; ``depth`` 2x poolings, filters
     doubling from ``base_filters``; the decoder upsamples with 2x2 transposed convolutions and
@@ -114,7 +122,7 @@ def build_unet(size: int = 256, n_classes: int = 3, base_filters: int = 16, dept
             x = layers.Activation("relu", name=f"{prefix}_relu{i}")(x)
         return x
 
-    inputs = keras.Input((size, size, 1), name="ct")
+    inputs = keras.Input((size, size, in_channels), name="ct")
     x = inputs
     skips = []
     for level in range(depth):

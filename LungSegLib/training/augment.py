@@ -1,4 +1,5 @@
-"""Training-time augmentation of model-grid slices (image in [0, 1] over the HU window, labels 0/1/2).
+"""Training-time augmentation of model-grid slices (image in [0, 1] over the HU window, ``size x size``
+or ``size x size x channels`` with through-plane context; labels 0/1/2).
 
 Everything works on one ``size`` x ``size`` slice with NumPy/SciPy and costs a few milliseconds, since
 the CPU that feeds the network is the bottleneck. Geometric changes move image and labels together
@@ -72,7 +73,11 @@ def spatial(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     if rng.random() < cfg.p_elastic:
         coarse = rng.normal(0.0, cfg.elastic_px, (2, 6, 6)).astype(np.float32)
         coords += ndimage.zoom(coarse, (1, size / 6, size / 6), order=3)[:, :size, :size]
-    out_image = ndimage.map_coordinates(image, coords, order=1, mode="constant", cval=0.0)
+    if image.ndim == 3:  # channels (through-plane context) move together
+        out_image = np.stack([ndimage.map_coordinates(image[..., c], coords, order=1, mode="constant", cval=0.0)
+                              for c in range(image.shape[2])], axis=-1)
+    else:
+        out_image = ndimage.map_coordinates(image, coords, order=1, mode="constant", cval=0.0)
     out_labels = ndimage.map_coordinates(labels, coords, order=0, mode="constant", cval=0)
     return out_image.astype(np.float32), out_labels.astype(np.uint8)
 
@@ -85,7 +90,8 @@ def intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = 
     pivot = hu_to_unit(-500.0, hu_window)
     out = (image - pivot) * rng.uniform(*cfg.contrast) + pivot + rng.uniform(-cfg.hu_shift, cfg.hu_shift) / width
     if rng.random() < cfg.p_blur:
-        out = ndimage.gaussian_filter(out, rng.uniform(0.5, 1.2))
+        sigma = rng.uniform(0.5, 1.2)
+        out = ndimage.gaussian_filter(out, (sigma, sigma, 0.0) if out.ndim == 3 else sigma)  # in-plane only
     out = out + rng.normal(0.0, rng.uniform(0.0, cfg.noise_hu) / width, out.shape).astype(np.float32)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
@@ -124,6 +130,8 @@ def _paint(image: np.ndarray, region: np.ndarray, hu: Tuple[float, float], rng: 
     alpha = np.where(region, np.clip(1.5 * ndimage.gaussian_filter(region.astype(np.float32), 0.7), 0, 1), 0)
     if border is not None:
         alpha[region & border] = 1.0  # against the pleura: no fat-density blend of lesion and air
+    if image.ndim == 3:
+        alpha = alpha[..., None]  # the lesion reaches the context channels too (it spans a few mm)
     image += alpha * (value + texture - image)
 
 

@@ -2,8 +2,8 @@
 
 A *case* is a folder holding one CT and its lung labelmap on the same voxel grid. Each case is
 prepared once with exactly the inference preprocessing (canonical stack, body-centred model grid,
-HU window — :mod:`LungSegLib.core.preprocess`) and cached as ``.npy`` files (image float16 in [0, 1],
-labels uint8 0/1/2) that training reads back as memory maps, so memory stays bounded whatever the
+HU window, through-plane context channels — :mod:`LungSegLib.core.preprocess`) and cached as ``.npy``
+files (image float16 in [0, 1], one channel per model input channel; labels uint8 0/1/2) that training reads back as memory maps, so memory stays bounded whatever the
 number of cases.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ CASE_FILE_PAIRS = (
     ("image.mha", "label.mha"),
 )
 #: Bumped whenever the cached arrays would change for the same inputs.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _CHUNK = 16  # slices resampled at a time while preparing a case
 
 
@@ -164,7 +164,7 @@ def three_class_labels(labels_canonical: np.ndarray, name: str) -> np.ndarray:
 class CachedCase:
     """A prepared case: model-grid slices as memory maps.
 
-    ``image`` is float16 ``(n, size, size)`` in [0, 1], ``labels`` uint8 ``(n, size, size)`` with
+    ``image`` is float16 ``(n, size, size, channels)`` in [0, 1] (the network's input), ``labels`` uint8 ``(n, size, size)`` with
     0/1/2, ``slices`` the canonical slice index of each row (suspect slices left out), ``has_lung``
     whether each slice contains lung.
     """
@@ -225,11 +225,12 @@ def prepare_case(case: CaseFiles, cache_dir: os.PathLike, spec: ModelGridSpec = 
     skip = orientation.to_canonical(np.broadcast_to(skip_k[:, None, None], volume.shape)).any(axis=(1, 2))
     keep = np.flatnonzero(~skip)
 
-    out_image = np.empty((keep.size, spec.size, spec.size), dtype=np.float16)
+    out_image = np.empty((keep.size, spec.size, spec.size, spec.channels), dtype=np.float16)
     out_labels = np.empty((keep.size, spec.size, spec.size), dtype=np.uint8)
+    reuse: Dict[int, np.ndarray] = {}
     for start in range(0, keep.size, _CHUNK):
         idx = keep[start:start + _CHUNK]
-        out_image[start:start + idx.size] = prepared.model_slices(idx)
+        out_image[start:start + idx.size] = prepared.model_input(idx, reuse)  # as inference feeds the network
         out_labels[start:start + idx.size] = prepared.resampler.labels_to_model(labels[idx], MAX_LABEL + 1)
     folder.mkdir(parents=True, exist_ok=True)
     for name, array in (("image.npy", out_image), ("labels.npy", out_labels)):
@@ -250,7 +251,7 @@ class SliceSampler:
 
     ``lung_fraction`` of the draws come from slices with lung, the rest from any slice (neck,
     abdomen), so the model also learns where there is no lung. ``augment(image, labels, rng)``
-    (float32 and uint8 ``size`` x ``size``) is applied to each draw.
+    (float32 ``size`` x ``size`` x channels and uint8 ``size`` x ``size``) is applied to each draw.
     """
 
     def __init__(self, cases: Sequence[CachedCase], n_classes: int, seed: int,
@@ -275,17 +276,17 @@ class SliceSampler:
         labels = np.array(case.labels[i], dtype=np.uint8)
         if self.augment is not None:
             image, labels = self.augment(image, labels, self.rng)
-        return image[..., None], model_labels(labels, self.n_classes)
+        return image, model_labels(labels, self.n_classes)
 
     def __iter__(self):
         while True:
             yield self.draw()
 
 
-def tf_dataset(sampler: SliceSampler, batch_size: int, size: int):
-    """A ``tf.data.Dataset`` of batches ``(x float32 [B,S,S,1], y uint8 [B,S,S])`` from ``sampler``."""
+def tf_dataset(sampler: SliceSampler, batch_size: int, size: int, channels: int = 1):
+    """A ``tf.data.Dataset`` of batches ``(x float32 [B,S,S,channels], y uint8 [B,S,S])`` from ``sampler``."""
     import tensorflow as tf
 
-    signature = (tf.TensorSpec((size, size, 1), tf.float32), tf.TensorSpec((size, size), tf.uint8))
+    signature = (tf.TensorSpec((size, size, channels), tf.float32), tf.TensorSpec((size, size), tf.uint8))
     ds = tf.data.Dataset.from_generator(lambda: iter(sampler), output_signature=signature)
     return ds.batch(batch_size, drop_remainder=True).prefetch(2)

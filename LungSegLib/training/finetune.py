@@ -43,6 +43,7 @@ def initial_model(init: str, config) -> Any:
     config.size = int(loaded.spec.size)
     config.pixel_mm = float(loaded.spec.pixel_mm)
     config.hu_window = tuple(float(v) for v in loaded.spec.hu_window)
+    config.context_mm = float(loaded.spec.context_mm)
     arch = loaded.card.get("architecture") or {}
     config.base_filters = int(arch.get("base_filters", config.base_filters))
     config.depth = int(arch.get("depth", config.depth))

@@ -4,8 +4,8 @@ The label convention (``Resources/Models/MODEL_CARD.md``) keeps fat, pleural eff
 gas out of the lung. Three clinical CTs hold few examples of them, and the disease painted *inside*
 the lung (:func:`LungSegLib.training.augment.pathology`) would otherwise teach only "dense at the
 border = lung". Each function paints one lookalike on a model-grid slice (image in [0, 1] over the HU
-window, labels 0/1/2, canonical: rows grow towards posterior) and returns new arrays with the
-lookalike labelled **background**:
+window, ``size x size`` or ``size x size x channels`` with context channels, labels 0/1/2, canonical:
+rows grow towards posterior) and returns new arrays with the lookalike labelled **background**:
 
 * :func:`fat_at_border` — a fat pad (−120..−60 HU) at the lung's outer boundary (the diaphragm dome,
   the cardiophrenic angle, the anterior chest wall, pericardial fat): the lung gives way to it;
@@ -39,12 +39,19 @@ def _blob(shape: Tuple[int, int], centre: Tuple[float, float], radius: float, rn
     return dist + 0.25 * noise < 1.0
 
 
+def _slice(image: np.ndarray) -> np.ndarray:
+    """The slice itself: the middle channel of an image with through-plane context channels."""
+    return image[..., image.shape[2] // 2] if image.ndim == 3 else image
+
+
 def _fill(image: np.ndarray, region: np.ndarray, hu: Tuple[float, float], rng: np.random.Generator,
           window: Tuple[float, float], texture_hu: float = 12.0) -> None:
-    """``region`` gets a uniform density in ``hu`` plus a little texture (hard edge: tissue next to tissue)."""
+    """``region`` gets a uniform density in ``hu`` plus a little texture (hard edge: tissue next to tissue),
+    in every channel (a lookalike spans the few mm of the context channels)."""
     width = window[1] - window[0]
     value = _unit(rng.uniform(*hu), window)
-    image[region] = value + rng.normal(0.0, texture_hu / width, int(region.sum())).astype(np.float32)
+    shape = (int(region.sum()),) + image.shape[2:]
+    image[region] = value + rng.normal(0.0, texture_hu / width, shape).astype(np.float32)
 
 
 def outer_boundary(labels: np.ndarray, width_px: int = 1) -> np.ndarray:
@@ -62,7 +69,7 @@ def fat_at_border(image: np.ndarray, labels: np.ndarray, rng: np.random.Generato
         return image, labels
     image, labels = image.copy(), labels.copy()
     r, c = edge[rng.integers(len(edge))]
-    body = image > _unit(-500.0, window)  # fat goes into lung or soft tissue, never outside the patient
+    body = _slice(image) > _unit(-500.0, window)  # fat goes into lung or soft tissue, never outside the patient
     region = _blob(labels.shape, (r, c), rng.uniform(4.0, 14.0), rng) & (body | (labels > 0))
     _fill(image, region, (-120.0, -60.0), rng, window)
     labels[region] = 0
@@ -76,7 +83,7 @@ def gas_beside_lung(image: np.ndarray, labels: np.ndarray, rng: np.random.Genera
     if not lung.any():
         return image, labels
     dist = ndimage.distance_transform_edt(~lung)
-    tissue = (labels == 0) & (image > _unit(-300.0, window))
+    tissue = (labels == 0) & (_slice(image) > _unit(-300.0, window))
     wall = rng.uniform(2.0, 4.0)  # pixels of 1.5 mm: a 3–6 mm diaphragm / bowel wall
     candidates = np.argwhere(tissue & (dist > wall + 1) & (dist < 20))
     if candidates.size == 0:

@@ -67,12 +67,13 @@ class TrainConfig:
     size: int = GRID_SIZE
     pixel_mm: float = GRID_PIXEL_MM
     hu_window: Tuple[float, float] = HU_WINDOW
+    context_mm: float = 0.0
     init: str = ""
     augment_config: AugmentConfig = field(default_factory=AugmentConfig)
 
     @property
     def spec(self) -> ModelGridSpec:
-        return ModelGridSpec(self.size, self.pixel_mm, tuple(self.hu_window))
+        return ModelGridSpec(self.size, self.pixel_mm, tuple(self.hu_window), float(self.context_mm))
 
     @property
     def classes(self) -> Tuple[str, ...]:
@@ -118,8 +119,8 @@ def dice_counts(pred: np.ndarray, true: np.ndarray, n_classes: int) -> np.ndarra
 
 
 def predict_labels(keras_model, images: np.ndarray, n_classes: int) -> np.ndarray:
-    """Model-grid labels (B, S, S) from images (B, S, S) in [0, 1]."""
-    probs = keras_model.predict_on_batch(np.asarray(images, dtype=np.float32)[..., None])
+    """Model-grid labels (B, S, S) from network input (B, S, S, channels) in [0, 1]."""
+    probs = keras_model.predict_on_batch(np.asarray(images, dtype=np.float32))
     probs = np.asarray(probs)
     if n_classes == 1:
         return (probs[..., 0] > 0.5).astype(np.uint8)
@@ -258,9 +259,13 @@ class _Run:
             "name": self.dir.name,
             "classes": list(cfg.classes),
             "input": {"size": cfg.size, "pixel_mm": cfg.pixel_mm, "hu_window": list(cfg.hu_window),
+                      "context_mm": cfg.context_mm,
                       "preprocessing": "canonical axial stack (S, P, L), each slice resampled to the "
-                                       "size x size grid of pixel_mm centred on the body, HU window -> [0, 1]"},
-            "architecture": dict(UNetArchitecture(cfg.size, cfg.n_classes, cfg.base_filters, cfg.depth).to_card(),
+                                       "size x size grid of pixel_mm centred on the body, HU window -> [0, 1]"
+                                       + ("; channels: the CT context_mm below, the slice, the CT context_mm "
+                                          "above (interpolated between slices)" if cfg.context_mm else "")},
+            "architecture": dict(UNetArchitecture(cfg.size, cfg.n_classes, cfg.base_filters, cfg.depth,
+                                                  in_channels=cfg.spec.channels).to_card(),
                                  parameters=int(keras_model.count_params()),
                                  gflop_per_slice=round(count_flops(keras_model) / 1e9, 3)),
             "training": {"loss": cfg.loss, "optimizer": "Adam", "learning_rate": cfg.learning_rate,
@@ -359,7 +364,8 @@ def _starting_model(run_dir: Path, config: TrainConfig, state: Dict, resume: boo
         log(f"Starting from the weights of {config.init}")
     else:
         keras_model = build_unet(size=config.size, n_classes=config.n_classes,
-                                 base_filters=config.base_filters, depth=config.depth)
+                                 base_filters=config.base_filters, depth=config.depth,
+                                 in_channels=config.spec.channels)
     _compile(keras_model, config)
     return keras_model
 
@@ -404,7 +410,7 @@ def train(cases_dir: os.PathLike, run_dir: os.PathLike, config: Optional[TrainCo
     augment = Augmenter(config.augment_config, config.hu_window) if config.augment else None
     sampler = SliceSampler(train_cases, config.n_classes, seed=config.seed * 1000 + state["epoch"],
                            lung_fraction=config.lung_fraction, augment=augment)
-    dataset = tf_dataset(sampler, config.batch_size, spec.size)
+    dataset = tf_dataset(sampler, config.batch_size, spec.size, spec.channels)
     run = _Run(run_dir, config, split, cases_dir, train_cases, val_cases, state)
     run_state = _run_state_callback()(run)
     if state["epoch"] < config.epochs:
