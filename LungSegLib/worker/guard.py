@@ -74,12 +74,17 @@ class CancelGuard:
         self._remove_on_abort: List[Path] = []
         if cleanup_dir is not None:
             self._remove_on_abort.append(Path(cleanup_dir))
+        self._finished = False  # the result is published and reported: a cancel has nothing left to stop
         self._exit = os._exit  # replaced in tests that must not end the test process
 
     # --- stopping ---------------------------------------------------------------------------------
     def abort(self, reason: str = CANCEL_MESSAGE) -> None:
         """Cancel now, from any thread: remove what this run wrote, report, exit 130. Never returns
-        (unless called again while the first call is finishing, which then ends the process)."""
+        (unless called again while the first call is finishing, which then ends the process).
+
+        A cancel that comes after the result was published *and* reported (``done``) is too late: the
+        caller was told where the result is, so it stays; only the staging folder goes, and the exit
+        status is 0."""
         self.cancel.set()
         with self._lock:  # a commit in progress completes first; its file is then removed below
             if self._aborting:
@@ -87,6 +92,9 @@ class CancelGuard:
             self._aborting = True
             for path in reversed(self._remove_on_abort):
                 _remove_tree(path)
+            if self._finished:
+                self._exit(0)
+                return
             try:
                 self._report(reason)
             except Exception:  # the caller may be gone (broken pipe): nothing left to tell
@@ -180,10 +188,13 @@ class CancelGuard:
                 os.replace(staged, output)
             else:
                 _rename_no_clobber(staged, output)
-            # From here a cancel removes the published file again (exit 130 means: nothing written).
+            # Until it is reported a cancel removes the published file again (exit 130 means: nothing
+            # written); once reported it is the caller's.
             self._remove_on_abort.append(output)
             if then is not None:
                 then()
+            self._remove_on_abort.remove(output)
+            self._finished = True
 
     def discard(self, path: os.PathLike) -> None:
         """Remove a staging folder on the normal way out (success or a reported error)."""
