@@ -255,7 +255,8 @@ def test_segment_file_checks_input_and_outputs_before_loading_the_model(tmp_path
 
 
 # --- the clean-up in bounded memory gives the plain SciPy answer ----------------------------------------------
-def _reference_keep_main(labels: np.ndarray, min_fraction: float = 0.1, upper_fraction: float = 0.01) -> np.ndarray:
+def _reference_keep_main(labels: np.ndarray, min_fraction: float = 0.1, upper_fraction: float = 0.01,
+                         upper_gap_slices=None) -> np.ndarray:
     """keep_main_components written plainly with whole-volume SciPy calls (the memory-hungry way)."""
     from scipy import ndimage
 
@@ -271,8 +272,10 @@ def _reference_keep_main(labels: np.ndarray, min_fraction: float = 0.1, upper_fr
         middle = (main_slices[0] + main_slices[-1]) / 2
         for cid in np.flatnonzero(sizes < min_fraction * sizes.max()) + 1:
             island = comp == cid
-            if sizes[cid - 1] >= upper_fraction * sizes.max() and np.flatnonzero(island.any(axis=(1, 2)))[0] > middle:
-                continue  # an upper island big enough to be lung
+            bottom = np.flatnonzero(island.any(axis=(1, 2)))[0]
+            near = upper_gap_slices is None or bottom - (main_slices[-1] + 1) <= upper_gap_slices
+            if sizes[cid - 1] >= upper_fraction * sizes.max() and bottom > middle and near:
+                continue  # an upper island big enough to be lung, close above it
             touches = (ndimage.binary_dilation(island, structure=full) & (labels == other)).any()
             labels[island] = other if touches else 0
     return labels
@@ -289,6 +292,9 @@ def test_keep_main_components_matches_the_plain_scipy_version():
         labels[5:9, 25:28, 30:33] = 1                  # a lone island of 1
         labels[40:43, 1:4, 10:13] = 2                  # a lone island of 2
         labels[-6:, 24:29, 30:36] = 1                  # an upper island of 1, big enough to be kept
+        labels[-12:-8, 8:22, 4:18] = 0                 # the right lung's top 8 slices cut off by 4 empty ones ...
         for value in (0, 1, 2):  # 10 stray voxels of each value
             labels[tuple(rng.integers(0, n, 10) for n in labels.shape)] = value
-        assert np.array_equal(keep_main_components(labels.copy()), _reference_keep_main(labels.copy()))
+        for gap in (None, 2, 10):  # ... so the island is kept unless the gap allowed is below that
+            assert np.array_equal(keep_main_components(labels.copy(), upper_gap_slices=gap),
+                                  _reference_keep_main(labels.copy(), upper_gap_slices=gap))

@@ -136,3 +136,23 @@ def test_an_apex_piece_cut_off_above_the_lung_is_kept_and_gas_below_is_not():
     # and through postprocess() with its options
     opts = PostprocessOptions(fill_holes=False, fix_sides=False, remove_airways=False, boundary_midpoint=False)
     assert (postprocess(labels.copy(), opts)[apex] == RIGHT).all()
+    assert (postprocess(labels.copy(), opts, ct=np.zeros(labels.shape), spacing=(3.0, 1.0, 1.0))[apex] == RIGHT).all()
+
+
+def test_an_island_far_above_the_apex_is_not_lung():
+    """Air in the neck or between raised arms (seen on a left-out case: 36 mL, 55 mm above the apex) is
+    not a piece of apex: an upper island is kept only within ``upper_island_gap_mm`` of the lung's top."""
+    labels = np.zeros((40, 40, 60), np.uint8)
+    labels[4:24, 8:32, 6:26] = RIGHT
+    labels[4:24, 8:32, 34:54] = LEFT
+    near, far = np.zeros_like(labels, bool), np.zeros_like(labels, bool)
+    near[26:30, 14:22, 10:18] = True      # 2 empty slices (6 mm at 3 mm) above the right lung
+    far[33:38, 14:22, 40:48] = True       # 9 empty slices (27 mm) above the left lung
+    labels[near], labels[far] = RIGHT, LEFT
+    opts = PostprocessOptions(fill_holes=False, fix_sides=False, remove_airways=False, boundary_midpoint=False)
+    ct = np.full(labels.shape, -850.0)
+    out = postprocess(labels.copy(), opts, ct=ct, spacing=(3.0, 1.0, 1.0))
+    assert (out[near] == RIGHT).all() and (out[far] == 0).all()
+    # at 1 mm slices the far island is 9 mm away: kept; with no gap limit (no spacing given) as well
+    assert (postprocess(labels.copy(), opts, ct=ct, spacing=(1.0, 1.0, 1.0))[far] == LEFT).all()
+    assert (keep_main_components(labels.copy())[far] == LEFT).all()

@@ -26,9 +26,10 @@ class PostprocessOptions:
     Attributes:
         keep_largest: per lung keep the largest 3-D component and those at least
             ``min_component_fraction`` of it, and also islands of at least ``upper_island_fraction``
-            of it lying wholly in the upper half of its slice range (an apex or upper-lobe piece the
-            network cut off at a tumour or collapse; abdominal gas lies below the lung bases); smaller
-            islands that touch the other lung join it, the rest become background.
+            of it lying wholly in the upper half of its slice range and at most ``upper_island_gap_mm``
+            above its top (an apex or upper-lobe piece the network cut off at a tumour or collapse;
+            abdominal gas lies below the lung bases, air in the neck or between raised arms far above
+            the apex); smaller islands that touch the other lung join it, the rest become background.
         fill_holes: fill enclosed holes (vessels, nodules, dense disease) in each lung, in 3-D and in
             every axial slice.
         fix_sides: make sure label 1 is the lung on the patient's right (smaller column index).
@@ -52,6 +53,7 @@ class PostprocessOptions:
     fix_sides: bool = True
     min_component_fraction: float = 0.1
     upper_island_fraction: float = 0.01
+    upper_island_gap_mm: float = 20.0
     remove_airways: bool = True
     remove_boundary_fat: bool = False
     boundary_midpoint: bool = True
@@ -85,7 +87,8 @@ def postprocess(labels: np.ndarray, options: PostprocessOptions = PostprocessOpt
         airway = _Sparse(find_central_airways(ct_box, box, spacing).mask)  # kept small until used again
         airway.clear(box)
     if options.keep_largest:
-        keep_main_components(box, options.min_component_fraction, options.upper_island_fraction)
+        gap = None if spacing is None else int(options.upper_island_gap_mm // float(spacing[0]))
+        keep_main_components(box, options.min_component_fraction, options.upper_island_fraction, gap)
     if options.fix_sides:
         fix_left_right(box)
     if options.fill_holes:
@@ -141,9 +144,10 @@ def _bbox_slices(mask: np.ndarray, margin: int = 1) -> Tuple[slice, ...]:
 
 
 def keep_main_components(labels: np.ndarray, min_fraction: float = 0.1,
-                         upper_fraction: float = 0.01) -> np.ndarray:
+                         upper_fraction: float = 0.01, upper_gap_slices: Optional[int] = None) -> np.ndarray:
     """Drop stray islands, in place (see :class:`PostprocessOptions`; canonical axis 0 runs towards
-    superior). ``upper_fraction`` 0 drops upper islands like any other."""
+    superior). ``upper_fraction`` 0 drops upper islands like any other; an upper island is kept only
+    with at most ``upper_gap_slices`` empty slices between it and the top of the lung (None: any)."""
     for lung, other in ((RIGHT, LEFT), (LEFT, RIGHT)):
         box = _value_box(labels, lung)  # the lung's own box, with the 1-voxel rim its neighbours may lie in
         if box is None:
@@ -160,7 +164,7 @@ def keep_main_components(labels: np.ndarray, min_fraction: float = 0.1,
         if not drop.any():
             continue
         if upper_fraction > 0:
-            drop[1:] &= ~_upper_islands(comp, sizes, upper_fraction)
+            drop[1:] &= ~_upper_islands(comp, sizes, upper_fraction, upper_gap_slices)
         # islands of this lung lying against the other lung are usually the other lung mislabelled
         touching = _touching_components(comp, drop, sub, other)
         for k0 in range(0, sub.shape[0], _SLAB):  # slab by slab: no box-sized masks
@@ -171,14 +175,19 @@ def keep_main_components(labels: np.ndarray, min_fraction: float = 0.1,
     return labels
 
 
-def _upper_islands(comp: np.ndarray, sizes: np.ndarray, fraction: float) -> np.ndarray:
-    """Per component (index = label - 1): at least ``fraction`` of the largest and wholly above the
-    middle slice of the largest one's slice range."""
+def _upper_islands(comp: np.ndarray, sizes: np.ndarray, fraction: float,
+                   max_gap: Optional[int] = None) -> np.ndarray:
+    """Per component (index = label - 1): at least ``fraction`` of the largest, wholly above the
+    middle slice of the largest one's slice range, and (``max_gap``) with at most that many empty
+    slices between its bottom and the largest one's top."""
     boxes = ndimage.find_objects(comp)
     main = int(np.argmax(sizes))
     middle = (boxes[main][0].start + boxes[main][0].stop - 1) / 2.0
     bottoms = np.array([b[0].start if b is not None else -1 for b in boxes[:sizes.size]])
-    return (sizes >= fraction * sizes[main]) & (bottoms > middle)
+    upper = (sizes >= fraction * sizes[main]) & (bottoms > middle)
+    if max_gap is not None:
+        upper &= bottoms - boxes[main][0].stop <= max_gap
+    return upper
 
 
 def _touching_components(comp: np.ndarray, selected: np.ndarray, labels: np.ndarray, other: int) -> np.ndarray:
