@@ -2,28 +2,34 @@
 # How the bundled model (Resources/Models/lungseg_unet_3class.npz) and its leave-one-patient-out
 # (LOPO) check were trained and measured: CPU only (2 shared cores), TensorFlow 2.21.
 #
-#   benchmarks/train_bundled.sh final     # all cases -> $RUNS/bundled (64 x 50 steps)
+#   benchmarks/train_bundled.sh final     # all cases -> $RUNS/bundled ($EPOCHS x 50 steps)
 #   benchmarks/train_bundled.sh install   # $RUNS/bundled/best.weights.npz -> Resources/Models + card
 #   benchmarks/train_bundled.sh lopo [CASE...]  # one fold per case, the final recipe and its full schedule
 #                                               # (model choice as in final), scored on the left-out case
-#   benchmarks/train_bundled.sh lopo-summary   # benchmarks/results/lopo/summary.{csv,json}
+#   benchmarks/train_bundled.sh lopo-summary   # $LOPO_OUT/summary.{csv,json}
 #
 # LUNGSEG_DATA_DIR defaults to ../shared/data (next to the repository clone); RUNS to /tmp/lungseg_runs.
+# The recipe's schedule and input: EPOCHS (of 50 steps; default 16, the shipped model's) and CONTEXT_MM
+# (default 0: one slice; > 0 adds the CT that far below/above as channels). Recipe comparisons run the
+# folds into another LOPO_OUT (default benchmarks/results/lopo), e.g. EPOCHS=64 LOPO_OUT=.../lopo_e64.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${LUNGSEG_DATA_DIR:-../shared/data}/cases"
 RUNS="${RUNS:-/tmp/lungseg_runs}"
 LUNGSEG="${LUNGSEG:-lungseg}"
 PYTHON="${PYTHON:-python}"
+EPOCHS="${EPOCHS:-16}"
+CONTEXT_MM="${CONTEXT_MM:-0}"
+LOPO_OUT="${LOPO_OUT:-benchmarks/results/lopo}"
 RECIPE=(--classes 3 --loss ce_dice --base-filters 8 --depth 4 --batch-size 8 --steps-per-epoch 50 --seed 0
-        --cache-dir "$RUNS/cache" --quiet)
+        --epochs "$EPOCHS" --context-mm "$CONTEXT_MM" --cache-dir "$RUNS/cache" --quiet)
 export TF_CPP_MIN_LOG_LEVEL=2
 
 case "${1:-final}" in
   final)
-    # All cases, no validation: the cosine schedule over 64 x 50 steps, run to the end (no time cap, the
-    # same schedule as each LOPO fold; ~40 minutes on 2 idle cores).
-    $LUNGSEG train "$DATA" --out "$RUNS/bundled" "${RECIPE[@]}" --epochs 64 --patience 0
+    # All cases, no validation: the cosine schedule over EPOCHS x 50 steps, run to the end (no time cap,
+    # the same schedule as each LOPO fold; 16 epochs take ~13 minutes on 2 idle cores).
+    $LUNGSEG train "$DATA" --out "$RUNS/bundled" "${RECIPE[@]}" --patience 0 --max-minutes 0
     ;;
   install)
     # The run's exported weights (best.weights.npz: named arrays, loadable by every supported Keras) become
@@ -47,11 +53,11 @@ write_card(models_dir() / BUNDLED_MODEL, card)
 PY
     ;;
   lopo)
-    # The same 64 x 50 steps as `final` and no time cap, so a busy machine cannot shorten a fold. The
+    # The same EPOCHS x 50 steps as `final` and no time cap, so a busy machine cannot shorten a fold. The
     # left-out case is not in the run at all (a split file with no validation set: nothing is chosen on
     # it, and no per-epoch validation pass doubles the time); it is scored once, at the end. Folds can
     # run in separate sessions: name the cases to run, default all.
-    mkdir -p benchmarks/results/lopo
+    mkdir -p "$LOPO_OUT"
     shift
     cases=("$@")
     if [ ${#cases[@]} -eq 0 ]; then
@@ -68,21 +74,21 @@ train = sorted(d.name for d in data.iterdir() if d.is_dir() and d.name != left_o
 print(json.dumps({"train": train, "val": []}))
 PY
       $LUNGSEG train "$DATA" --out "$RUNS/lopo-$case_id" --split "$RUNS/split-$case_id.json" "${RECIPE[@]}" \
-        --epochs 64 --patience 0 --max-minutes 0
-      cp "$RUNS/lopo-$case_id/log.csv" "benchmarks/results/lopo/$case_id.log.csv"
-      cp "$RUNS/lopo-$case_id/config.json" "benchmarks/results/lopo/$case_id.config.json"
+        --patience 0 --max-minutes 0
+      cp "$RUNS/lopo-$case_id/log.csv" "$LOPO_OUT/$case_id.log.csv"
+      cp "$RUNS/lopo-$case_id/config.json" "$LOPO_OUT/$case_id.config.json"
       # full inference pipeline (post-processing on) on the left-out case's own grid
       $LUNGSEG evaluate "$RUNS/lopo-$case_id/best.keras" "$DATA" --cases "$case_id" \
-        --out "benchmarks/results/lopo/$case_id" --overwrite --quiet
+        --out "$LOPO_OUT/$case_id" --overwrite --quiet
     done
     ;;
   lopo-summary)
     # One table over the folds (from the committed per-fold files, so folds run in different sessions
     # count): the left-out case's Dice etc. and how long its fold trained.
-    $PYTHON - <<'PY'
-import csv, json
+    $PYTHON - "$LOPO_OUT" <<'PY'
+import csv, json, sys
 from pathlib import Path
-out = Path("benchmarks/results/lopo")
+out = Path(sys.argv[1])
 rows = []
 for config_file in sorted(out.glob("*.config.json")):
     case = config_file.name[:-len(".config.json")]
