@@ -248,6 +248,7 @@ def test_train_validate_resume_and_load_the_checkpoint(phantom_cases, tmp_path):
     # the same best epoch exported as named arrays, rebuilt in code from the card: bit-identical weights
     exported = load_model(second.best_weights)
     assert second.best_weights.name == "best.weights.npz" and exported.card["exported_from"]["file"] == "best.keras"
+    assert exported.card["exported_from"]["sha256"] == loaded.card["sha256"]  # the checkpoint it came from
     assert exported.card["architecture"]["size"] == 64 and exported.card["training"] == card["training"]
     assert all(np.array_equal(a, b) for a, b in zip(loaded.keras_model.get_weights(),
                                                     exported.keras_model.get_weights()))

@@ -33,7 +33,7 @@ from .dataset import CachedCase, SliceSampler, find_cases, make_split, model_lab
 from .export import export_model
 from ..errors import InputError, OutputError
 from ..core.atomic import atomic_path, atomic_write_text
-from ..core.model import write_card
+from ..core.model import sha256_of, write_card
 from ..core.preprocess import ModelGridSpec
 from ..defaults import GRID_PIXEL_MM, GRID_SIZE, HU_WINDOW, TRAIN_BATCH_SIZE
 from ..evaluation.metrics import dice_from_counts
@@ -248,7 +248,8 @@ class _Run:
         write_card(self.best_path, card)
         # ...and the same weights in the shipped, Keras-version-independent format (named arrays)
         export_model(keras_model, card, self.weights_path,
-                     source={"file": self.best_path.name, "keras_version": card["keras_version"]})
+                     source={"file": self.best_path.name, "sha256": sha256_of(self.best_path),
+                             "keras_version": card["keras_version"]})
 
     def card(self, keras_model) -> Dict:
         from ..core.unet import UNetArchitecture, count_flops
