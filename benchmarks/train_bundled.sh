@@ -9,7 +9,8 @@
 #   benchmarks/train_bundled.sh lopo-summary   # $LOPO_OUT/summary.{csv,json}
 #
 # LUNGSEG_DATA_DIR defaults to ../shared/data (next to the repository clone); RUNS to /tmp/lungseg_runs.
-# The recipe's schedule and input: EPOCHS (of 50 steps; default 16, the shipped model's) and CONTEXT_MM
+# The recipe's schedule and input: EPOCHS (of 50 steps; default 16, the best candidate so far, not shipped: the
+# bundled model had 64 epochs of an older augmentation, see its card) and CONTEXT_MM
 # (default 0: one slice; > 0 adds the CT that far below/above as channels). Recipe comparisons run the
 # folds into another LOPO_OUT (default benchmarks/results/lopo), e.g. EPOCHS=64 LOPO_OUT=.../lopo_e64.
 set -euo pipefail
@@ -28,7 +29,7 @@ export TF_CPP_MIN_LOG_LEVEL=2
 case "${1:-final}" in
   final)
     # All cases, no validation: the cosine schedule over EPOCHS x 50 steps, run to the end (no time cap,
-    # the same schedule as each LOPO fold; 16 epochs take ~13 minutes on 2 idle cores).
+    # the same schedule as each LOPO fold; 16 epochs take ~12 minutes on 2 idle cores).
     $LUNGSEG train "$DATA" --out "$RUNS/bundled" "${RECIPE[@]}" --patience 0 --max-minutes 0
     ;;
   install)

@@ -1,0 +1,86 @@
+"""Heavy noise on single slices of the shipped sample CT: does the model still find the lungs there, and does
+its confidence drop where it does not?
+
+Two slices (20 and 30) of ``Resources/SampleData/ACRIN-FLT-Breast-001_chest.nrrd`` get Gaussian noise of the
+given SD (HU, clipped to -1024..3071) and slice 25 is blanked (-1024 HU), as in ``Testing/test_review.py``. Per
+noise level: the lung Dice of each noisy slice against the same model's labels on the clean CT, the noisy
+slices' confidence (``SliceConfidence.slice_confidence``) against the median and minimum of the clean interior
+slices, and whether the review list names them. The sample is a training case of every model scored here, so
+this measures robustness to the corruption, not generalisation.
+
+    python benchmarks/noise_robustness.py [--model MODEL] [--sd 100,200,300] [--name noise_robustness]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "Resources" / "SampleData" / "ACRIN-FLT-Breast-001_chest.nrrd"
+NOISY, BLANK = (20, 30), 25
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def measure(model_path, levels):
+    import SimpleITK as sitk
+
+    from LungSegLib.api import LungSegmenter
+    from LungSegLib.core.geometry import Geometry
+    from LungSegLib.core.model import load_model
+
+    image = sitk.ReadImage(str(SAMPLE))
+    clean_volume = sitk.GetArrayFromImage(image)
+    geometry = Geometry.from_sitk(image)
+    segmenter = LungSegmenter(load_model(model_path), review=True)
+    clean = segmenter.segment_array(clean_volume, geometry)
+    rows = []
+    for sd in levels:
+        volume = clean_volume.copy()
+        rng = np.random.default_rng(0)
+        for k in NOISY:
+            volume[k] = np.clip(volume[k] + rng.normal(0, sd, volume[k].shape), -1024, 3071).astype(volume.dtype)
+        volume[BLANK] = -1024
+        result = segmenter.segment_array(volume, geometry)
+        conf = result.confidence.slice_confidence()
+        interior = [k for k in range(8, 41) if k not in NOISY and abs(k - BLANK) > 1]
+        flagged = {it.slice_index for it in result.review if it.reason == "low_confidence"}
+        rows.append({"noise_sd_hu": sd,
+                     "dice_vs_clean": [round(_dice(result.labels[k] > 0, clean.labels[k] > 0), 3) for k in NOISY],
+                     "confidence": [round(float(conf[k]), 3) for k in NOISY],
+                     "clean_median": round(float(np.median(conf[interior])), 3),
+                     "clean_min": round(float(conf[interior].min()), 3),
+                     "in_review_list": [k in flagged for k in NOISY]})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="model file (default: the bundled model)")
+    parser.add_argument("--sd", default="100,200,300", help="noise SDs in HU, comma-separated")
+    parser.add_argument("--name", default="noise_robustness", help="output stem in benchmarks/results")
+    args = parser.parse_args()
+    rows = measure(args.model, [float(v) for v in args.sd.split(",")])
+    out = REPO / "benchmarks" / "results" / args.name
+    json.dump({"model": args.model or "bundled", "rows": rows}, open(out.with_suffix(".json"), "w"), indent=1)
+    lines = [f"# Heavy noise on slices {NOISY} of the sample CT ({args.model or 'bundled model'})", "",
+             f"`python benchmarks/noise_robustness.py{' --model ' + args.model if args.model else ''} --sd {args.sd}"
+             f" --name {args.name}` (see the script's docstring)", "",
+             "| noise SD (HU) | Dice vs clean labels (slices 20, 30) | confidence (20, 30) | clean median / min "
+             "| in the review list |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['noise_sd_hu']:.0f} | {r['dice_vs_clean'][0]:.3f}, {r['dice_vs_clean'][1]:.3f} | "
+                     f"{r['confidence'][0]:.3f}, {r['confidence'][1]:.3f} | {r['clean_median']:.3f} / "
+                     f"{r['clean_min']:.3f} | {', '.join('yes' if f else 'no' for f in r['in_review_list'])} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
