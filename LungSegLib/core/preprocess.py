@@ -231,7 +231,7 @@ class PreparedVolume:
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         spec = self.resampler.spec
         if spec.channels == 1:
-            return self.model_slices(indices)[..., None]
+            return self.model_slices(_as_slice(indices))[..., None]
         n = self.canonical.shape[0]
         step = np.array(spec.offsets_mm) / self.orientation.slice_spacing_mm
         position = np.clip(indices[:, None] + step[None, :], 0, n - 1)  # (B, C) fractional slice index
@@ -244,7 +244,7 @@ class PreparedVolume:
             del cache[k]
         missing = np.array([k for k in needed if int(k) not in cache], dtype=np.int64)
         if missing.size:
-            for k, image in zip(missing, self.model_slices(missing)):
+            for k, image in zip(missing, self.model_slices(_as_slice(missing))):
                 cache[int(k)] = image
         out = np.empty((indices.size, spec.size, spec.size, spec.channels), np.float32)
         for b in range(indices.size):
@@ -252,6 +252,14 @@ class PreparedVolume:
                 lo, hi, w = cache[int(below[b, c])], cache[int(above[b, c])], weight[b, c]
                 out[b, :, :, c] = lo if w == 0 else (1 - w) * lo + w * hi
         return out
+
+
+def _as_slice(indices: np.ndarray):
+    """A run of consecutive indices as a slice: the input is then cropped as a view, not gathered into a
+    copy of whole slices first (the usual batch)."""
+    if indices.size and indices[-1] - indices[0] == indices.size - 1 and np.all(np.diff(indices) == 1):
+        return slice(int(indices[0]), int(indices[-1]) + 1)
+    return indices
 
 
 def prepare_volume(volume: np.ndarray, geometry: Geometry, spec: ModelGridSpec = ModelGridSpec()) -> PreparedVolume:
