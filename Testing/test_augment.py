@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from LungSegLib.training.augment import (AugmentConfig, Augmenter, flip_left_right, hu_to_unit, intensity, pathology,
-                                spatial)
+from LungSegLib.defaults import HU_WINDOW
+from LungSegLib.training.augment import (AugmentConfig, Augmenter, air_bronchograms, flip_left_right, hu_to_unit,
+                                         intensity, pathology, spatial)
 
 SIZE = 128
 # Intensities ([0, 1] model input) chosen per label so a warped image can be checked against its warped labels.
@@ -138,3 +139,64 @@ def test_disease_painted_with_context_reaches_every_channel_inside_the_lung_only
         assert out.shape == (SIZE, SIZE, 3)
         assert not (changed & (labels == 0)[..., None]).any()
         assert all(changed[..., c].any() for c in range(3))
+
+
+def _noise_sd_hu(out, flat):
+    return float(np.std(out[flat])) * (HU_WINDOW[1] - HU_WINDOW[0])
+
+
+def test_heavy_noise_is_low_dose_strength_and_plain_noise_stays_mild():
+    image = np.full((SIZE, SIZE), hu_to_unit(-300.0), np.float32)  # far from the window's clipping ends
+    flat = np.ones(image.shape, bool)
+    plain = AugmentConfig(p_heavy_noise=0.0, p_blur=0.0, hu_shift=0.0, contrast=(1.0, 1.0))
+    heavy = AugmentConfig(p_heavy_noise=1.0, p_blur=0.0, hu_shift=0.0, contrast=(1.0, 1.0))
+    mild = [_noise_sd_hu(intensity(image, np.random.default_rng(s), plain), flat) for s in range(20)]
+    strong = [_noise_sd_hu(intensity(image, np.random.default_rng(s), heavy), flat) for s in range(20)]
+    assert max(mild) <= plain.noise_hu * 1.05
+    assert min(strong) >= heavy.heavy_noise_hu[0] * 0.95 and max(strong) <= heavy.heavy_noise_hu[1] * 1.05
+    assert max(strong) > 150.0  # the range is used, not just its low end
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_air_bronchograms_are_air_tubes_inside_the_dense_region(seed):
+    image, labels = model_slice()
+    region = labels == 1
+    dense = image.copy()
+    dense[region] = hu_to_unit(40.0)
+    before = dense.copy()
+    drawn = air_bronchograms(dense, region, np.random.default_rng(seed), HU_WINDOW)
+    assert drawn.sum() >= 6
+    from scipy import ndimage
+    assert not (drawn & ~ndimage.binary_erosion(region)).any()  # never on or outside the region's edge
+    assert np.all(dense[drawn] < hu_to_unit(-700.0))  # air, not tissue
+    np.testing.assert_array_equal(dense[~drawn], before[~drawn])
+    # tubes, not blobs: most drawn pixels have undrawn pixels within 2 pixels across the tube
+    thick = ndimage.binary_erosion(drawn, iterations=2)
+    assert thick.sum() < 0.2 * drawn.sum()
+
+
+@pytest.mark.parametrize("p_bronchogram", [1.0, 0.0])
+def test_consolidation_keeps_its_lung_label_with_bronchograms_and_patchy_aeration(p_bronchogram):
+    from scipy import ndimage
+    image, labels = model_slice()
+    lung = labels > 0
+    cfg = AugmentConfig(p_pathology=1.0, p_negative=0.0, p_flip=0.0, p_spatial=0.0, p_intensity=0.0,
+                        p_bronchogram=p_bronchogram)
+    augment = Augmenter(cfg)
+    bronchograms, patchy = 0, 0
+    for seed in range(30):
+        out, out_labels = augment(image, labels, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out_labels, labels)
+        dense = lung & (out > hu_to_unit(-150.0))
+        if dense.sum() < 50:
+            continue
+        outline = ndimage.binary_fill_holes(ndimage.binary_closing(dense, iterations=3)) & lung
+        # air well below the lung's own -850 / -700 HU inside the dense area: a bronchogram
+        bronchograms += int((outline & (out < hu_to_unit(-900.0))).sum() >= 6)
+        # aerated spots left inside the painted area's outline (without bronchograms, only patchiness)
+        patchy += int((outline & ~dense & (out < hu_to_unit(-400.0))).sum() > 10)
+    if p_bronchogram:
+        assert bronchograms >= 5
+    else:
+        assert bronchograms == 0
+        assert patchy >= 3

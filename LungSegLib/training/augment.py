@@ -44,6 +44,12 @@ class AugmentConfig:
     hu_shift: float = 40.0
     contrast: Tuple[float, float] = (0.85, 1.15)
     noise_hu: float = 30.0
+    #: Some slices get the noise of a low-dose or thin-slice scan instead (SD in HU), so that noise
+    #: alone never makes the lung look like tissue.
+    p_heavy_noise: float = 0.1  # within the intensity step
+    heavy_noise_hu: Tuple[float, float] = (60.0, 300.0)
+    #: Painted consolidation / atelectasis often carries air bronchograms (effusion never does).
+    p_bronchogram: float = 0.6
 
 
 def flip_left_right(image: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -84,7 +90,8 @@ def spatial(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
 
 def intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = AugmentConfig(),
               hu_window: Tuple[float, float] = HU_WINDOW) -> np.ndarray:
-    """HU offset, contrast around −500 HU, Gaussian noise and sometimes blur (scanner/kernel variety);
+    """HU offset, contrast around −500 HU, Gaussian noise (sometimes low-dose heavy) and sometimes blur
+    (scanner/kernel variety);
     ``image`` is network input made with ``hu_window`` (HU)."""
     width = hu_window[1] - hu_window[0]
     pivot = hu_to_unit(-500.0, hu_window)
@@ -92,7 +99,8 @@ def intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig = 
     if rng.random() < cfg.p_blur:
         sigma = rng.uniform(0.5, 1.2)
         out = ndimage.gaussian_filter(out, (sigma, sigma, 0.0) if out.ndim == 3 else sigma)  # in-plane only
-    out = out + rng.normal(0.0, rng.uniform(0.0, cfg.noise_hu) / width, out.shape).astype(np.float32)
+    sd = rng.uniform(*cfg.heavy_noise_hu) if rng.random() < cfg.p_heavy_noise else rng.uniform(0.0, cfg.noise_hu)
+    out = out + rng.normal(0.0, sd / width, out.shape).astype(np.float32)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
@@ -113,11 +121,12 @@ BORDER_MIN_HU = -30.0
 
 
 def _paint(image: np.ndarray, region: np.ndarray, hu: Tuple[float, float], rng: np.random.Generator,
-           hu_window: Tuple[float, float], border: Optional[np.ndarray] = None) -> None:
+           hu_window: Tuple[float, float], border: Optional[np.ndarray] = None, patchy: bool = False) -> None:
     """Fill ``region`` with a textured density in the ``hu`` range, its edge softened by ~1 pixel.
 
-    Where ``region`` meets ``border`` (the lung's outer boundary) the density is at least
-    :data:`BORDER_MIN_HU` and the edge is hard.
+    ``patchy`` spares 10–40 % of the region in smooth spots of 2–5 pixels (partly aerated lung, as in
+    bronchopneumonia; fluid is never patchy). Where ``region`` meets ``border`` (the lung's outer
+    boundary) the density is at least :data:`BORDER_MIN_HU` and the edge is hard.
     """
     if not region.any():
         return
@@ -128,6 +137,10 @@ def _paint(image: np.ndarray, region: np.ndarray, hu: Tuple[float, float], rng: 
     texture = rng.normal(0.0, 12.0 / width, image.shape).astype(np.float32)
     # soft rim, but only inside the region: the painted density never leaves the lung
     alpha = np.where(region, np.clip(1.5 * ndimage.gaussian_filter(region.astype(np.float32), 0.7), 0, 1), 0)
+    if patchy:
+        field = ndimage.gaussian_filter(rng.normal(0, 1, region.shape).astype(np.float32), rng.uniform(2.0, 5.0))
+        spared = field > np.quantile(field[region], 1.0 - rng.uniform(0.1, 0.4))
+        alpha *= 1.0 - 0.9 * np.clip(ndimage.gaussian_filter(spared.astype(np.float32), 0.7) * 1.5, 0, 1)
     if border is not None:
         alpha[region & border] = 1.0  # against the pleura: no fat-density blend of lesion and air
     if image.ndim == 3:
@@ -135,8 +148,54 @@ def _paint(image: np.ndarray, region: np.ndarray, hu: Tuple[float, float], rng: 
     image += alpha * (value + texture - image)
 
 
+def air_bronchograms(image: np.ndarray, region: np.ndarray, rng: np.random.Generator,
+                     hu_window: Tuple[float, float]) -> np.ndarray:
+    """Draw 1–4 air-filled bronchi (−950..−800 HU, 1–3 pixels wide, gently curving, sometimes forking)
+    inside ``region`` (kept one pixel off its edge) in place; returns the pixels drawn.
+
+    Air bronchograms are the radiological sign that dense tissue is lung (consolidation, atelectasis)
+    and not fluid outside it, so painted disease carries them and painted effusion never does.
+    """
+    inner = ndimage.binary_erosion(region, iterations=1)
+    drawn = np.zeros(region.shape, dtype=bool)
+    pts = np.argwhere(inner)
+    if pts.shape[0] < 30:
+        return drawn
+    wanted, tries = int(rng.integers(1, 5)), 0
+    while wanted > 0 and tries < 12:
+        tries += 1
+        path = []
+        pos = pts[rng.integers(len(pts))].astype(np.float64)
+        heading = rng.uniform(0, 2 * np.pi)
+        branches = [(pos, heading, rng.uniform(8, 40))]
+        while branches:
+            pos, heading, length = branches.pop()
+            for _step in range(int(length)):
+                heading += rng.normal(0.0, 0.12)
+                pos = pos + (np.sin(heading), np.cos(heading))
+                r, c = int(round(pos[0])), int(round(pos[1]))
+                if not (0 <= r < region.shape[0] and 0 <= c < region.shape[1]) or not inner[r, c]:
+                    break
+                path.append((r, c))
+                if len(branches) < 2 and rng.random() < 0.03:  # a fork
+                    branches.append((pos, heading + rng.choice((-1, 1)) * rng.uniform(0.3, 0.8), length / 2))
+        if len(path) < 6:
+            continue
+        wanted -= 1
+        centre = np.zeros(region.shape, dtype=bool)
+        centre[tuple(np.array(path).T)] = True
+        width = rng.uniform(0.5, 1.5)
+        drawn |= (ndimage.distance_transform_edt(~centre) <= width) & inner
+    if drawn.any():
+        width_hu = hu_window[1] - hu_window[0]
+        value = hu_to_unit(rng.uniform(-950.0, -800.0), hu_window)
+        noise = rng.normal(0.0, 20.0 / width_hu, (int(drawn.sum()),) + image.shape[2:]).astype(np.float32)
+        image[drawn] = value + noise  # a bronchus spans the few mm of the context channels too
+    return drawn
+
+
 def pathology(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-              hu_window: Tuple[float, float] = HU_WINDOW) -> np.ndarray:
+              hu_window: Tuple[float, float] = HU_WINDOW, p_bronchogram: float = 0.6) -> np.ndarray:
     """Paint one kind of simulated disease inside the lung (labels are left unchanged); ``image`` is
     network input made with ``hu_window`` (HU).
 
@@ -145,6 +204,8 @@ def pathology(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
       upper border (in the canonical slice rows grow towards posterior);
     * nodules: 1–5 round lesions of 3–20 mm at −50..+80 HU, some against the pleura.
 
+    Consolidation and atelectasis are patchy half of the time and carry :func:`air_bronchograms` with
+    probability ``p_bronchogram``: the two signs that tell dense lung from pleural fluid.
     Lesions touching the lung's outer boundary (2 pixels) are at least :data:`BORDER_MIN_HU` dense.
     """
     lung = labels > 0
@@ -158,7 +219,9 @@ def pathology(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
         for _ in range(int(rng.integers(1, 3))):
             k = int(rng.integers(rows.size))
             region = _blob(lung.shape, (rows[k], cols[k]), rng.uniform(8, 40), rng, 0.35) & lung
-            _paint(image, region, (-100.0, 60.0), rng, hu_window, border)
+            _paint(image, region, (-100.0, 60.0), rng, hu_window, border, patchy=rng.random() < 0.5)
+            if rng.random() < p_bronchogram:
+                air_bronchograms(image, region, rng, hu_window)
     elif kind == "dependent":
         # dependent atelectasis / consolidation of a lung's posterior part (inside the pleura: lung;
         # pleural *fluid* there is not lung and is painted as background by .negatives)
@@ -170,7 +233,9 @@ def pathology(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
         col_pos = np.linspace(-1, 1, lung.shape[1])
         level = r.max() - depth + rng.uniform(0.0, 0.4) * depth * col_pos[None, :] ** 2 * rng.choice((-1, 1))
         region = side & (np.arange(lung.shape[0])[:, None] > level)
-        _paint(image, region, (20.0, 60.0), rng, hu_window, border)
+        _paint(image, region, (20.0, 60.0), rng, hu_window, border, patchy=rng.random() < 0.5)
+        if rng.random() < p_bronchogram:
+            air_bronchograms(image, region, rng, hu_window)
     else:
         for _ in range(int(rng.integers(1, 6))):
             k = int(rng.integers(rows.size))
@@ -191,7 +256,7 @@ class Augmenter:
                  rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
         cfg = self.cfg
         if rng.random() < cfg.p_pathology:
-            image = pathology(image, labels, rng, self.hu_window)  # before warping, so lesions warp with the lung
+            image = pathology(image, labels, rng, self.hu_window, cfg.p_bronchogram)  # before warping, so lesions warp with the lung
         if rng.random() < cfg.p_negative:
             image, labels = negative_example(image, labels, rng, self.hu_window)
         if rng.random() < cfg.p_flip:
