@@ -199,7 +199,7 @@ def pathology(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     """Paint one kind of simulated disease inside the lung (labels are left unchanged); ``image`` is
     network input made with ``hu_window`` (HU).
 
-    * consolidation / atelectasis: irregular blobs of −100..+60 HU;
+    * consolidation / atelectasis: irregular blobs of −100..+60 HU, half of them centred on the pleura;
     * dependent atelectasis: the posterior (dependent) part of one lung at +20..+60 HU with a curved
       upper border (in the canonical slice rows grow towards posterior);
     * nodules: 1–5 round lesions of 3–20 mm at −50..+80 HU, some against the pleura.
@@ -215,10 +215,16 @@ def pathology(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     kind = rng.choice(("consolidation", "dependent", "nodules"), p=(0.45, 0.3, 0.25))
     rows, cols = np.nonzero(lung)
     border = outer_boundary(labels, 2)
+    edge_rows, edge_cols = np.nonzero(outer_boundary(labels, 1))
     if kind == "consolidation":
         for _ in range(int(rng.integers(1, 3))):
-            k = int(rng.integers(rows.size))
-            region = _blob(lung.shape, (rows[k], cols[k]), rng.uniform(8, 40), rng, 0.35) & lung
+            if edge_rows.size and rng.random() < 0.5:  # pleural-based: the lung meets the chest wall densely
+                k = int(rng.integers(edge_rows.size))
+                centre = (edge_rows[k], edge_cols[k])
+            else:
+                k = int(rng.integers(rows.size))
+                centre = (rows[k], cols[k])
+            region = _blob(lung.shape, centre, rng.uniform(8, 40), rng, 0.35) & lung
             _paint(image, region, (-100.0, 60.0), rng, hu_window, border, patchy=rng.random() < 0.5)
             if rng.random() < p_bronchogram:
                 air_bronchograms(image, region, rng, hu_window)
