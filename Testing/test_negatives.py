@@ -47,6 +47,21 @@ def test_gas_pocket_stays_background_behind_a_wall(seed):
     assert dist[painted].min() > 2.0  # a wall of tissue between gas and lung
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_gas_pocket_below_the_lung_bases_lies_inside_the_body(seed):
+    from scipy import ndimage
+
+    image, labels = model_slice()
+    image[labels > 0] = image.max()  # a slice below the bases: soft tissue where the lungs were
+    labels = np.zeros_like(labels)
+    out, out_labels = negative_example(image, labels, np.random.default_rng(seed), WINDOW)  # only gas fits
+    painted = np.abs(out - image) > 1e-6
+    assert painted.sum() > 5 and np.median(hu(out[painted])) < -850
+    assert not out_labels.any()
+    body = image > 0.0
+    assert (ndimage.distance_transform_edt(body)[painted] > 8).all()  # inside the abdomen, not at the skin
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_effusion_is_fluid_outside_the_lung(seed):
     image, labels = model_slice()

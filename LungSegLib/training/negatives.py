@@ -10,7 +10,8 @@ rows grow towards posterior) and returns new arrays with the lookalike labelled 
 * :func:`fat_at_border` — a fat pad (−120..−60 HU) at the lung's outer boundary (the diaphragm dome,
   the cardiophrenic angle, the anterior chest wall, pericardial fat): the lung gives way to it;
 * :func:`gas_beside_lung` — a gas pocket (−1000..−900 HU) in the soft tissue next to the lung,
-  behind a 3–6 mm wall (stomach or colon gas under the diaphragm, oesophageal air);
+  behind a 3–6 mm wall (stomach or colon gas under the diaphragm, oesophageal air), or anywhere in
+  the abdomen on a slice below the lung bases;
 * :func:`effusion_outside` — pleural fluid (0..+25 HU) in the dependent (posterior) part of one lung's
   space, with a curved upper border: the lung ends where the fluid begins.
 """
@@ -78,19 +79,27 @@ def fat_at_border(image: np.ndarray, labels: np.ndarray, rng: np.random.Generato
 
 def gas_beside_lung(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
                     window: Tuple[float, float]) -> Tuple[np.ndarray, np.ndarray]:
-    """A gas pocket in soft tissue 2–20 pixels from the lung, behind a wall (labels unchanged: background)."""
+    """A gas pocket in soft tissue 2–20 pixels from the lung, behind a wall (labels unchanged: background).
+
+    On a slice without lung (below the bases: stomach, colon) the pocket lies anywhere in the body's
+    soft tissue at least 8 pixels inside the skin.
+    """
     lung = labels > 0
-    if not lung.any():
-        return image, labels
-    dist = ndimage.distance_transform_edt(~lung)
     tissue = (labels == 0) & (_slice(image) > _unit(-300.0, window))
     wall = rng.uniform(2.0, 4.0)  # pixels of 1.5 mm: a 3–6 mm diaphragm / bowel wall
-    candidates = np.argwhere(tissue & (dist > wall + 1) & (dist < 20))
+    if lung.any():
+        dist = ndimage.distance_transform_edt(~lung)
+        allowed = dist > wall
+        candidates = np.argwhere(tissue & (dist > wall + 1) & (dist < 20))
+    else:
+        body = ndimage.binary_fill_holes(_slice(image) > _unit(-500.0, window))
+        allowed = ndimage.distance_transform_edt(body) > 8
+        candidates = np.argwhere(tissue & allowed)
     if candidates.size == 0:
         return image, labels
     image = image.copy()
     r, c = candidates[rng.integers(len(candidates))]
-    region = _blob(labels.shape, (r, c), rng.uniform(3.0, 12.0), rng) & tissue & (dist > wall)
+    region = _blob(labels.shape, (r, c), rng.uniform(3.0, 12.0), rng) & tissue & allowed
     _fill(image, region, (-1000.0, -900.0), rng, window, texture_hu=20.0)
     return image, labels
 
@@ -116,7 +125,10 @@ def effusion_outside(image: np.ndarray, labels: np.ndarray, rng: np.random.Gener
 
 def negative_example(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
                      window: Tuple[float, float], kinds: Tuple[str, ...] = KINDS) -> Tuple[np.ndarray, np.ndarray]:
-    """One lookalike of a random kind (see the module docstring); image clipped to [0, 1]."""
+    """One lookalike of a random kind (see the module docstring); image clipped to [0, 1]. A slice
+    without lung can only get gas (fat and effusion take the place of lung)."""
+    if "gas" in kinds and not (labels > 0).any():
+        kinds = ("gas",)
     kind = kinds[int(rng.integers(len(kinds)))]
     painter = {"fat": fat_at_border, "gas": gas_beside_lung, "effusion": effusion_outside}[kind]
     image, labels = painter(image, labels, rng, window)
