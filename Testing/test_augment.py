@@ -200,3 +200,21 @@ def test_consolidation_keeps_its_lung_label_with_bronchograms_and_patchy_aeratio
     else:
         assert bronchograms == 0
         assert patchy >= 3
+
+
+def test_pleural_consolidation_setting_moves_the_blobs_to_the_pleura():
+    from scipy import ndimage
+
+    image, labels = model_slice(512)  # lungs much larger than the blobs
+    depth = ndimage.distance_transform_edt(labels > 0)  # pixels from the lung's edge
+
+    def mean_depth(p_pleural):
+        depths = []
+        for seed in range(40):
+            out = pathology(image, labels, np.random.default_rng(seed), HU_WINDOW, p_bronchogram=0.0,
+                            p_patchy=0.0, p_pleural=p_pleural)
+            painted = np.abs(out - image) > 1e-6
+            depths.append(depth[painted].mean())
+        return float(np.mean(depths))
+
+    assert mean_depth(1.0) < 0.85 * mean_depth(0.0)

@@ -48,8 +48,11 @@ class AugmentConfig:
     #: alone never makes the lung look like tissue.
     p_heavy_noise: float = 0.1  # within the intensity step
     heavy_noise_hu: Tuple[float, float] = (60.0, 300.0)
-    #: Painted consolidation / atelectasis often carries air bronchograms (effusion never does).
+    #: Painted consolidation / atelectasis often carries air bronchograms and is often patchy (effusion
+    #: never is); consolidation blobs are often centred on the pleura.
     p_bronchogram: float = 0.6
+    p_patchy: float = 0.5
+    p_pleural: float = 0.5
 
 
 def flip_left_right(image: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -195,17 +198,20 @@ def air_bronchograms(image: np.ndarray, region: np.ndarray, rng: np.random.Gener
 
 
 def pathology(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-              hu_window: Tuple[float, float] = HU_WINDOW, p_bronchogram: float = 0.6) -> np.ndarray:
+              hu_window: Tuple[float, float] = HU_WINDOW, p_bronchogram: float = 0.6, p_patchy: float = 0.5,
+              p_pleural: float = 0.5) -> np.ndarray:
     """Paint one kind of simulated disease inside the lung (labels are left unchanged); ``image`` is
     network input made with ``hu_window`` (HU).
 
-    * consolidation / atelectasis: irregular blobs of −100..+60 HU, half of them centred on the pleura;
+    * consolidation / atelectasis: irregular blobs of −100..+60 HU, centred on the pleura with
+      probability ``p_pleural``;
     * dependent atelectasis: the posterior (dependent) part of one lung at +20..+60 HU with a curved
       upper border (in the canonical slice rows grow towards posterior);
     * nodules: 1–5 round lesions of 3–20 mm at −50..+80 HU, some against the pleura.
 
-    Consolidation and atelectasis are patchy half of the time and carry :func:`air_bronchograms` with
-    probability ``p_bronchogram``: the two signs that tell dense lung from pleural fluid.
+    Consolidation and atelectasis are patchy with probability ``p_patchy`` and carry
+    :func:`air_bronchograms` with probability ``p_bronchogram``: the two signs that tell dense lung from
+    pleural fluid.
     Lesions touching the lung's outer boundary (2 pixels) are at least :data:`BORDER_MIN_HU` dense.
     """
     lung = labels > 0
@@ -218,14 +224,14 @@ def pathology(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     edge_rows, edge_cols = np.nonzero(outer_boundary(labels, 1))
     if kind == "consolidation":
         for _ in range(int(rng.integers(1, 3))):
-            if edge_rows.size and rng.random() < 0.5:  # pleural-based: the lung meets the chest wall densely
+            if edge_rows.size and rng.random() < p_pleural:  # pleural-based: the lung meets the chest wall densely
                 k = int(rng.integers(edge_rows.size))
                 centre = (edge_rows[k], edge_cols[k])
             else:
                 k = int(rng.integers(rows.size))
                 centre = (rows[k], cols[k])
             region = _blob(lung.shape, centre, rng.uniform(8, 40), rng, 0.35) & lung
-            _paint(image, region, (-100.0, 60.0), rng, hu_window, border, patchy=rng.random() < 0.5)
+            _paint(image, region, (-100.0, 60.0), rng, hu_window, border, patchy=rng.random() < p_patchy)
             if rng.random() < p_bronchogram:
                 air_bronchograms(image, region, rng, hu_window)
     elif kind == "dependent":
@@ -239,7 +245,7 @@ def pathology(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
         col_pos = np.linspace(-1, 1, lung.shape[1])
         level = r.max() - depth + rng.uniform(0.0, 0.4) * depth * col_pos[None, :] ** 2 * rng.choice((-1, 1))
         region = side & (np.arange(lung.shape[0])[:, None] > level)
-        _paint(image, region, (20.0, 60.0), rng, hu_window, border, patchy=rng.random() < 0.5)
+        _paint(image, region, (20.0, 60.0), rng, hu_window, border, patchy=rng.random() < p_patchy)
         if rng.random() < p_bronchogram:
             air_bronchograms(image, region, rng, hu_window)
     else:
@@ -262,7 +268,8 @@ class Augmenter:
                  rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
         cfg = self.cfg
         if rng.random() < cfg.p_pathology:
-            image = pathology(image, labels, rng, self.hu_window, cfg.p_bronchogram)  # before warping, so lesions warp with the lung
+            image = pathology(image, labels, rng, self.hu_window, cfg.p_bronchogram, cfg.p_patchy,
+                              cfg.p_pleural)  # before warping, so lesions warp with the lung
         if rng.random() < cfg.p_negative:
             image, labels = negative_example(image, labels, rng, self.hu_window)
         if rng.random() < cfg.p_flip:
