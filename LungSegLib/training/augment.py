@@ -221,8 +221,8 @@ def pathology(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
     kind = rng.choice(("consolidation", "dependent", "nodules"), p=(0.45, 0.3, 0.25))
     rows, cols = np.nonzero(lung)
     border = outer_boundary(labels, 2)
-    edge_rows, edge_cols = np.nonzero(outer_boundary(labels, 1))
     if kind == "consolidation":
+        edge_rows, edge_cols = np.nonzero(outer_boundary(labels, 1))
         for _ in range(int(rng.integers(1, 3))):
             if edge_rows.size and rng.random() < p_pleural:  # pleural-based: the lung meets the chest wall densely
                 k = int(rng.integers(edge_rows.size))
