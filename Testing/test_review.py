@@ -23,25 +23,46 @@ BLANK = 25  # a slice that reads as nothing (-1024 HU everywhere: a dropped-out 
 
 
 # --- the bundled model on the shipped sample, with corrupted slices --------------------------------
-@pytest.fixture(scope="module")
-def corrupted_sample():
-    """The sample CT with two noisy slices and one blank (soft tissue) slice, segmented by the bundled
-    model with the review aids on."""
-    from LungSegLib.api import LungSegmenter
-
+def _corrupted_volume():
     image = sitk.ReadImage(str(SAMPLE_CT))
     volume = sitk.GetArrayFromImage(image)
     rng = np.random.default_rng(0)
     for k in NOISY:
         volume[k] = np.clip(volume[k] + rng.normal(0, 300, volume[k].shape), -1024, 3071).astype(volume.dtype)
     volume[BLANK] = -1024
-    geometry = Geometry.from_sitk(image)
+    return volume, Geometry.from_sitk(image)
+
+
+@pytest.fixture(scope="module")
+def corrupted_sample():
+    """The sample CT with two noisy slices and one blank (soft tissue) slice, segmented by the bundled
+    model with the review aids on."""
+    from LungSegLib.api import LungSegmenter
+
+    volume, geometry = _corrupted_volume()
     result = LungSegmenter(review=True).segment_array(volume, geometry)
     return volume, result
 
 
-def test_confidence_is_lower_on_corrupted_slices(corrupted_sample):
-    _, result = corrupted_sample
+@pytest.fixture(scope="module")
+def corrupted_sample_unsmoothed():
+    """The same, with the noise smoothing of the input preparation switched off: what the network itself
+    makes of the noisy slices."""
+    from dataclasses import replace
+
+    from LungSegLib.api import LungSegmenter
+    from LungSegLib.core.model import load_model
+
+    model = load_model()
+    model = replace(model, spec=replace(model.spec, noise_trigger_hu=0.0))
+    volume, geometry = _corrupted_volume()
+    return volume, LungSegmenter(model, review=True).segment_array(volume, geometry)
+
+
+def test_confidence_is_lower_on_corrupted_slices(corrupted_sample_unsmoothed):
+    """The network's own honesty: fed the noisy slices as they are, its confidence drops there."""
+    _, result = corrupted_sample_unsmoothed
+    assert not result.noisy_slices and "noisy_slices" not in {w.code for w in result.warnings}
     conf = result.confidence.slice_confidence()
     assert conf.shape == (result.labels.shape[0],)
     interior = [k for k in range(8, 41) if k not in NOISY and abs(k - BLANK) > 1]
@@ -81,6 +102,30 @@ def test_a_noisy_slice_is_segmented_right_or_flagged(clean_sample, sd_hu):
         a, b = result.labels[k] > 0, clean.labels[k] > 0
         dice = 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
         assert dice >= 0.9 or (conf[k] < conf[interior].min() and k in flagged), (k, dice, conf[k], flagged)
+    # and the slices are named as noisy (smoothed before segmentation) whatever the network made of them
+    assert set(result.noisy_slices) == set(NOISY)
+    assert set(NOISY) <= {it.slice_index for it in result.review if it.reason == "noisy_slice"}
+
+
+def test_a_noisy_scan_is_smoothed_throughout_and_said_once(clean_sample):
+    """Noise everywhere (low dose, a sharp kernel) is the scan's, not a corrupted slice: every slice is
+    smoothed, the lungs are found as on the clean CT, and one warning says so (no per-slice items)."""
+    clean_volume, geometry, segmenter, clean = clean_sample
+    rng = np.random.default_rng(2)
+    volume = np.clip(clean_volume + rng.normal(0, 150, clean_volume.shape), -1024, 3071).astype(clean_volume.dtype)
+    result = segmenter.segment_array(volume, geometry)
+    a, b = result.labels > 0, clean.labels > 0
+    assert 2.0 * (a & b).sum() / (a.sum() + b.sum()) >= 0.95
+    warnings = [w for w in result.warnings if w.code == "noisy_slices"]
+    assert len(warnings) == 1 and "scan is noisier" in str(warnings[0])
+    assert not result.noisy_slices and not any(it.reason == "noisy_slice" for it in result.review)
+    assert not any(w.code == "noisy_slices" for w in clean.warnings)  # the clean sample is never smoothed
+
+
+def test_without_smoothing_the_noisy_slices_are_listed_for_low_confidence(corrupted_sample_unsmoothed):
+    _, result = corrupted_sample_unsmoothed
+    low = {it.slice_index for it in result.review if it.reason == "low_confidence"}
+    assert set(NOISY) & low, low
 
 
 def test_review_list_names_the_corrupted_slices(corrupted_sample):
@@ -90,8 +135,11 @@ def test_review_list_names_the_corrupted_slices(corrupted_sample):
     assert [it.score for it in items] == sorted((it.score for it in items), reverse=True)
     gaps = {(it.slice_index, it.lung) for it in items if it.reason == "lung_gap"}
     assert (BLANK, "right") in gaps and (BLANK, "left") in gaps
-    low = {it.slice_index for it in items if it.reason == "low_confidence"}
-    assert set(NOISY) & low, low
+    noisy = {it.slice_index: it for it in items if it.reason == "noisy_slice"}
+    assert set(noisy) == set(NOISY), noisy
+    assert all(0.3 < it.score <= 1.0 and it.lung is None for it in noisy.values())
+    assert set(result.noisy_slices) == set(NOISY)
+    assert [w.code for w in result.warnings if w.code == "noisy_slices"] == ["noisy_slices"]
     # every position lies on its slice: the slice's z in LPS (axial sample, k along +z)
     m = result.geometry.ijk_to_lps()
     for it in items:

@@ -54,6 +54,7 @@ CODES: Dict[str, str] = {
     "non_hu_override": "the intensities failed the Hounsfield-unit check, which was switched off",
     "non_finite_voxels": "the image holds NaN or infinite voxels (treated as outside the field of view)",
     "spacing_unusual": "the voxel spacing lies outside the supported range but was accepted",
+    "noisy_slices": "slices noisier than the model was trained on were smoothed before segmentation",
     # run-level (the worker):
     "no_gpu": "a GPU was asked for but TensorFlow sees none; the CPU was used",
 }

@@ -129,6 +129,9 @@ class SegmentationResult:
     report_images: Optional[object] = field(default=None, repr=False)
     #: the plausibility flags the review shows (:func:`LungSegLib.core.review.review_flags`), when asked for
     flags: Optional[list] = None
+    #: input slices (index along the axial axis) that were smoothed for noise, with their noise (HU SD on
+    #: the model grid), when they are single slices rather than the whole scan (see :func:`noise_findings`)
+    noisy_slices: Dict[int, float] = field(default_factory=dict)
 
     def volumes_ml(self) -> Dict[str, float]:
         """Lung volumes in mL."""
@@ -362,6 +365,37 @@ def _run_network(prepared: PreparedVolume, canonical_labels: np.ndarray, model: 
     return scorer
 
 
+#: When more than this fraction of the slices with tissue was smoothed, the noise belongs to the scan (dose,
+#: reconstruction kernel, thin slices), not to single corrupted slices: one warning, no per-slice review items.
+SCAN_NOISE_FRACTION = 0.25
+
+
+def noise_findings(prepared: PreparedVolume, n_slices: int, flipped: bool) -> Tuple[List[Finding], Dict[int, float]]:
+    """The ``noisy_slices`` warning and the smoothed input slices (index -> noise, HU) of a run.
+
+    ``n_slices`` and ``flipped`` give the input order of the canonical slices. Returns no slices when the
+    whole scan is noisy (more than :data:`SCAN_NOISE_FRACTION` of the slices with tissue smoothed)."""
+    spec = prepared.resampler.spec
+    if spec.noise_trigger_hu <= 0:
+        return [], {}
+    measured = {k: v for k, v in prepared.noise_hu.items() if v > 0}
+    smoothed = {(n_slices - 1 - k if flipped else k): v for k, v in measured.items() if v > spec.noise_trigger_hu}
+    if not smoothed:
+        return [], {}
+    worst = max(smoothed.values())
+    grid = f"on the model's {spec.pixel_mm:g} mm grid, where it takes up to {spec.noise_trigger_hu:g} HU unsmoothed"
+    if len(smoothed) > SCAN_NOISE_FRACTION * len(measured):
+        message = (f"The scan is noisier than the model was trained on ({len(smoothed)} of {len(measured)} slices, "
+                   f"up to {worst:.0f} HU SD {grid}; low dose, a sharp kernel or thin slices): they were smoothed "
+                   "before segmentation. Check the lung boundary, or segment a softer-kernel or thicker-slice "
+                   "reconstruction if there is one.")
+        return [Finding("noisy_slices", message)], {}
+    shown = ", ".join(str(k) for k in sorted(smoothed)[:8]) + (", ..." if len(smoothed) > 8 else "")
+    message = (f"{len(smoothed)} slice(s) ({shown}) are far noisier than the rest of the scan (up to {worst:.0f} HU SD "
+               f"{grid}): they were smoothed before segmentation. Check them (a corrupted slice?).")
+    return [Finding("noisy_slices", message)], smoothed
+
+
 def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
                   batch_size: int = BATCH_SIZE, postprocess_options: Optional[PostprocessOptions] = PostprocessOptions(),
                   check_hu: bool = True, progress: Optional[ProgressCallback] = None,
@@ -418,8 +452,9 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
     timings["postprocess"] = time.perf_counter() - t4
     if non_finite:
         clear_non_finite(volume, labels)  # outside the field of view: never lung, whatever the clean-up
-    warnings += result_findings(labels, geometry)
-    result = SegmentationResult(labels, geometry, timings, warnings)
+    noise_warnings, noisy = noise_findings(prepared, canonical_labels.shape[0], orientation.flips[0])
+    warnings += noise_warnings + result_findings(labels, geometry)
+    result = SegmentationResult(labels, geometry, timings, warnings, noisy_slices=noisy)
     if scorer is not None:
         result.confidence = scorer.result(orientation.axes[0], orientation.flips[0])
     return result

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from ..defaults import GRID_PIXEL_MM, GRID_SIZE, HU_WINDOW
+from ..defaults import GRID_PIXEL_MM, GRID_SIZE, HU_WINDOW, NOISE_TARGET_HU, NOISE_TRIGGER_HU
 from ..errors import ModelError
 from ..labels import BINARY_CLASS_NAMES, CLASS_NAMES, check_classes
 from .atomic import atomic_write_text
@@ -83,9 +83,16 @@ def spec_from_card(card: Dict[str, Any]) -> ModelGridSpec:
     """The model's input grid from its card's ``input`` section (:mod:`LungSegLib.defaults` where the
     card does not say)."""
     grid = card.get("input", {})
+    trigger = float(grid.get("noise_trigger_hu", NOISE_TRIGGER_HU))
+    target = float(grid.get("noise_target_hu", NOISE_TARGET_HU))
+    if trigger > 0 and not 0 < target < trigger:
+        raise ModelError(f"The model card's input.noise_target_hu ({target}) must be above 0 and below "
+                         f"input.noise_trigger_hu ({trigger}); fix the card (or set noise_trigger_hu to 0 to "
+                         "turn noise smoothing off).")
     return ModelGridSpec(size=int(grid.get("size", GRID_SIZE)), pixel_mm=float(grid.get("pixel_mm", GRID_PIXEL_MM)),
                          hu_window=tuple(float(v) for v in grid.get("hu_window", HU_WINDOW)),
-                         context_mm=float(grid.get("context_mm", 0.0)))
+                         context_mm=float(grid.get("context_mm", 0.0)),
+                         noise_trigger_hu=trigger, noise_target_hu=target)
 
 
 def classes_from_card(card: Dict[str, Any], model_name: str, out_channels: int) -> Tuple[str, ...]:

@@ -6,19 +6,23 @@ physical scale whatever its pixel spacing or field of view. Resampling is separa
 column matrix), so a batch of slices is two matrix products; the way back to the input grid uses the
 same machinery on the lung probabilities, which keeps sub-pixel boundaries. The matrices are banded
 (each output pixel reads a few input pixels), so they are applied in tiles of output rows, each
-multiplying only the input rows it reads: the same products at a tenth of the arithmetic.
+multiplying only the input rows it reads: the same products at a tenth of the arithmetic. Slices far
+noisier than the network was trained on are smoothed on the model grid (:mod:`.noise`); others are not
+touched.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
 
 from .geometry import CanonicalOrientation, Geometry, canonical_orientation, interpolation_matrix, support
-from ..defaults import BODY_HU, GRID_PIXEL_MM, GRID_SIZE, HU_WINDOW
+from ..defaults import BODY_HU, GRID_PIXEL_MM, GRID_SIZE, HU_WINDOW, NOISE_TARGET_HU, NOISE_TRIGGER_HU
 from .intensity import window_offset_scale
+from .noise import suppress_noise
+
 #: Output rows per tile of a banded resampling matrix (small enough to skip most zeros, large enough
 #: for efficient matrix products).
 _TILE = 32
@@ -72,12 +76,18 @@ class ModelGridSpec:
     ``context_mm`` > 0 gives the network two more input channels: the CT ``context_mm`` below and above
     the slice (mm along the patient's superior axis, interpolated between slices, so thin and thick
     slices show the same anatomy). 0 (the default) is one slice alone.
+
+    A slice whose noise on the model grid (:func:`LungSegLib.core.noise.noise_sd_hu`, HU) is above
+    ``noise_trigger_hu`` is smoothed down to about ``noise_target_hu`` before the network sees it;
+    ``noise_trigger_hu`` 0 turns that off.
     """
 
     size: int = GRID_SIZE
     pixel_mm: float = GRID_PIXEL_MM
     hu_window: Tuple[float, float] = HU_WINDOW
     context_mm: float = 0.0
+    noise_trigger_hu: float = NOISE_TRIGGER_HU
+    noise_target_hu: float = NOISE_TARGET_HU
 
     @property
     def channels(self) -> int:
@@ -207,17 +217,24 @@ class PreparedVolume:
 
     ``canonical`` is the input reordered to the canonical stack (a view where possible, never
     modified; HU), ``orientation`` maps arrays to and from it, and ``resampler`` takes its slices to
-    the model grid (body-centred, ``spec``'s pixel size) and back.
+    the model grid (body-centred, ``spec``'s pixel size) and back. ``noise_hu`` collects the noise
+    estimate (HU on the model grid) of every canonical slice resampled so far.
     """
 
     orientation: CanonicalOrientation
     canonical: np.ndarray
     resampler: SliceResampler
+    noise_hu: Dict[int, float] = field(default_factory=dict, compare=False)
 
     def model_slices(self, index) -> np.ndarray:
         """Canonical slices ``index`` (a slice or an index array) on the model grid, float32 in [0, 1]
-        (intensity window applied)."""
-        return self.resampler.to_model(self.canonical[index])
+        (intensity window applied, slices above the spec's noise trigger smoothed)."""
+        out = self.resampler.to_model(self.canonical[index])
+        spec = self.resampler.spec
+        noise = suppress_noise(out, spec.hu_window, spec.noise_trigger_hu, spec.noise_target_hu)
+        positions = range(self.canonical.shape[0])[index] if isinstance(index, slice) else np.asarray(index).reshape(-1)
+        self.noise_hu.update(zip((int(k) for k in positions), (float(v) for v in noise)))
+        return out
 
     def model_input(self, indices: np.ndarray, reuse: Optional[Dict[int, np.ndarray]] = None) -> np.ndarray:
         """The network input for canonical slices ``indices``: ``(B, size, size, channels)`` float32.

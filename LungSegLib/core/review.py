@@ -8,6 +8,8 @@ warnings). Reasons, most urgent first at equal score:
   corrupted slice, or a missed segment (score 1);
 * ``lung_touches_border``: the slice where a lung lies most on the image border (the field of view
   cuts it; from the plausibility flag of that name; score 1);
+* ``noisy_slice``: a slice far noisier than the rest of the scan, smoothed before segmentation
+  (:mod:`.noise`; score its noise / :data:`NOISE_FULL_SCORE_HU`);
 * ``low_confidence``: the network's expected Dice error on that slice and lung
   (:data:`LungSegLib.core.confidence.DEFAULT_SCORE`) is at least :data:`MIN_SCORE`; neighbouring
   slices of the same lung within :data:`SUPPRESS_SLICES` are one place, listed once (its worst slice).
@@ -19,7 +21,7 @@ on that slice) so a viewer can jump there.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -32,6 +34,9 @@ from .geometry import Geometry
 MIN_SCORE = 0.02
 #: At most this many items.
 MAX_ITEMS = 10
+#: A smoothed slice this noisy (HU SD on the model grid) scores 1: smoothing leaves little lung detail (the
+#: test's 600 HU slices read 98-145 HU there, and the network's Dice on them drops to 0.86-0.95).
+NOISE_FULL_SCORE_HU = 100.0
 #: Low-confidence slices of one lung closer than this (slices) to a listed one are not listed again.
 SUPPRESS_SLICES = 3
 
@@ -46,7 +51,7 @@ class ReviewItem:
         slice_index: index of the slice in the input array along ``axis``.
         axis: the input array axis that runs across the axial slices (0 for ``[k, j, i]`` axial).
         lung: label key (``"right"``/``"left"``) or None for the whole slice.
-        reason: ``"lung_gap"``, ``"lung_touches_border"`` or ``"low_confidence"``.
+        reason: ``"lung_gap"``, ``"lung_touches_border"``, ``"noisy_slice"`` or ``"low_confidence"``.
         message: one sentence for people.
         score: how urgent, 0..1 (for ``low_confidence`` the expected Dice error).
         position_lps: a point on that slice (the lung's centre there), LPS mm.
@@ -128,13 +133,16 @@ def _gaps(present: np.ndarray) -> np.ndarray:
 
 def build_review(labels: np.ndarray, geometry: Geometry, confidence: Optional[SliceConfidence],
                  flags: Sequence[Finding] = (), *, axis: Optional[int] = None, max_items: int = MAX_ITEMS,
-                 min_score: float = MIN_SCORE) -> List[ReviewItem]:
+                 min_score: float = MIN_SCORE, noisy_slices: Optional[Mapping[int, float]] = None) -> List[ReviewItem]:
     """The ranked review list (see the module docstring).
 
     Args:
         labels: ``[k, j, i]`` labelmap on ``geometry``.
         confidence: the run's :class:`SliceConfidence` (None: only gaps and flags are listed).
         flags: the plausibility findings (``lung_touches_border`` gets an item at its worst slice).
+        noisy_slices: input slices smoothed for noise, with their noise in HU SD
+            (:attr:`.inference.SegmentationResult.noisy_slices`); each gets an item, scored
+            noise / :data:`NOISE_FULL_SCORE_HU`.
         axis: the input axis across axial slices (default: the confidence's, else the canonical one).
     """
     from .geometry import canonical_orientation
@@ -163,6 +171,12 @@ def build_review(labels: np.ndarray, geometry: Geometry, confidence: Optional[Sl
                                         f"The {label.name.lower()} lies on the image border here: the field "
                                         "of view cuts it.", 1.0,
                                         _slice_point(labels, geometry, axis, index, label.value)))
+    for index, noise in sorted((noisy_slices or {}).items()):
+        items.append(ReviewItem(int(index), axis, None, "noisy_slice",
+                                f"This slice is very noisy ({noise:.0f} HU SD on the model grid) and was smoothed "
+                                "before segmentation: check the lungs here (a corrupted slice?).",
+                                min(1.0, noise / NOISE_FULL_SCORE_HU),
+                                _slice_point(labels, geometry, axis, int(index), None)))
     if confidence is not None:
         scores = confidence.scores(DEFAULT_SCORE)
         candidates = []
@@ -182,7 +196,7 @@ def build_review(labels: np.ndarray, geometry: Geometry, confidence: Optional[Sl
                                     _slice_point(labels, geometry, axis, index, label.value)))
             if len(items) >= 4 * max_items:
                 break
-    order = {"lung_gap": 0, "lung_touches_border": 1, "low_confidence": 2}
+    order = {"lung_gap": 0, "lung_touches_border": 1, "noisy_slice": 2, "low_confidence": 3}
     items.sort(key=lambda it: (-it.score, order.get(it.reason, 9), it.slice_index))
     return items[:max_items]
 
@@ -210,7 +224,8 @@ def add_review(result, volume_hu: np.ndarray, recheck: bool = True) -> None:
 
     result.measures = measure_lungs(volume_hu, result.labels, result.geometry)
     result.flags = review_flags(result, recheck)
-    result.review = build_review(result.labels, result.geometry, result.confidence, result.flags)
+    result.review = build_review(result.labels, result.geometry, result.confidence, result.flags,
+                                 noisy_slices=getattr(result, "noisy_slices", None))
     from .report import report_images
 
     result.report_images = report_images(volume_hu, result)

@@ -36,7 +36,7 @@ CASE_FILE_PAIRS = (
     ("image.mha", "label.mha"),
 )
 #: Bumped whenever the cached arrays would change for the same inputs.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 _CHUNK = 16  # slices resampled at a time while preparing a case
 
 

@@ -261,8 +261,10 @@ class _Run:
             "classes": list(cfg.classes),
             "input": {"size": cfg.size, "pixel_mm": cfg.pixel_mm, "hu_window": list(cfg.hu_window),
                       "context_mm": cfg.context_mm,
+                      "noise_trigger_hu": cfg.spec.noise_trigger_hu, "noise_target_hu": cfg.spec.noise_target_hu,
                       "preprocessing": "canonical axial stack (S, P, L), each slice resampled to the "
-                                       "size x size grid of pixel_mm centred on the body, HU window -> [0, 1]"
+                                       "size x size grid of pixel_mm centred on the body, HU window -> [0, 1], "
+                                       "slices noisier than noise_trigger_hu (HU SD) smoothed to noise_target_hu"
                                        + ("; channels: the CT context_mm below, the slice, the CT context_mm "
                                           "above (interpolated between slices)" if cfg.context_mm else "")},
             "architecture": dict(UNetArchitecture(cfg.size, cfg.n_classes, cfg.base_filters, cfg.depth,
