@@ -21,7 +21,8 @@ not lung (the painted voxels leave the reference)
     base, behind a 4 mm wall.
 
 Per case, change and post-processing variant (``today``: before issue 11; ``default``: airways +
-partial-volume rule; ``default+fat``: and the boundary-fat rule): Dice per lung against the expected
+partial-volume rule + pleural lesions put back (``LungSegLib/core/pleural.py``); ``default+fat``: and the
+boundary-fat rule): Dice per lung against the expected
 labels, total lung volume change against the same variant unpainted (%), and for the painted region the
 share kept as lung (lung changes) or the mL labelled lung (lookalikes). The cases are the bundled
 model's training cases: a best case for unseen patients.
@@ -46,7 +47,8 @@ from LungSegLib.core.model import load_model  # noqa: E402
 from LungSegLib.core.postprocess import PostprocessOptions, postprocess  # noqa: E402
 from LungSegLib.evaluation.metrics import dice  # noqa: E402
 
-OFF = dict(remove_airways=False, remove_boundary_fat=False, boundary_midpoint=False, upper_island_fraction=0.0)
+OFF = dict(remove_airways=False, remove_boundary_fat=False, boundary_midpoint=False, upper_island_fraction=0.0,
+           fill_pleural_lesions=False)
 VARIANTS = {"today": PostprocessOptions(**OFF), "default": PostprocessOptions(),
             "default+fat": PostprocessOptions(remove_boundary_fat=True)}
 

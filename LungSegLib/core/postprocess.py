@@ -21,7 +21,7 @@ _IN_PLANE_4[1] = ndimage.generate_binary_structure(2, 1)
 
 @dataclass(frozen=True)
 class PostprocessOptions:
-    """Which clean-up steps to run (all but ``remove_boundary_fat`` on by default).
+    """Which clean-up steps to run (all but ``remove_boundary_fat`` and ``remove_walled_gas`` on by default).
 
     Attributes:
         keep_largest: per lung keep the largest 3-D component and those at least
@@ -42,6 +42,9 @@ class PostprocessOptions:
             voxels at or above the HU midpoint between aerated lung and soft tissue are not lung,
             unless they belong to dense tissue (:func:`.boundary.partial_volume_rim`; needs the CT).
             Makes volumes about 2-3 % smaller than radiotherapy contours, which include that rim.
+        fill_pleural_lesions: dense lesions against the rib cage that the network cut out of the lung
+            (a concavity of the lung's outer side that opens onto the ribs) are put back
+            (:mod:`.pleural`; needs the CT).
         remove_walled_gas: pure-air pockets (< −950 HU, ≥ 2 mL) labelled lung whose surroundings are
             mostly soft tissue (stomach/colon gas under a lung base) are not lung
             (:func:`.boundary.walled_gas`; needs the CT). Off by default: it also takes emphysema
@@ -58,6 +61,7 @@ class PostprocessOptions:
     remove_boundary_fat: bool = False
     boundary_midpoint: bool = True
     remove_walled_gas: bool = False
+    fill_pleural_lesions: bool = True
 
 
 def postprocess(labels: np.ndarray, options: PostprocessOptions = PostprocessOptions(),
@@ -103,6 +107,11 @@ def postprocess(labels: np.ndarray, options: PostprocessOptions = PostprocessOpt
         from .boundary import remove_partial_volume_rim
 
         remove_partial_volume_rim(box, ct_box, spacing)
+    if options.fill_pleural_lesions and ct_box is not None:
+        from .pleural import fill_pleural_lesions
+
+        # after the rim rule: the lesion's voxels are lung by the convention, whatever their density
+        fill_pleural_lesions(labels, ct, spacing)  # whole slices (``box`` is a view): the ribs lie outside the box
     if options.remove_walled_gas and ct_box is not None:
         from .boundary import remove_walled_gas
 
