@@ -1,5 +1,6 @@
 """CPU time of the post-processing on bench.py's 400-slice phantom (lungs by threshold, split by side):
-before issue 11 (no HU-based steps) vs the default (airways + partial-volume rule) vs + the boundary-fat rule.
+before issue 11 (no HU-based steps) vs the default without the pleural-lesion step vs the default (airways +
+partial-volume rule + pleural lesions) vs + the boundary-fat rule.
 
     python benchmarks/postprocess_time.py
 """
@@ -24,5 +25,6 @@ def t(opts, use_ct, n=3):
         best = min(best, time.process_time() - t0)
     return round(best, 3)
 off = PostprocessOptions(remove_airways=False, boundary_midpoint=False)
-print("before (no HU steps):", t(off, False), "s CPU; default with CT:", t(PostprocessOptions(), True),
+print("before (no HU steps):", t(off, False), "s CPU; default without the pleural step:",
+      t(PostprocessOptions(fill_pleural_lesions=False), True), "s CPU; default with CT:", t(PostprocessOptions(), True),
       "s CPU; + fat rule:", t(PostprocessOptions(remove_boundary_fat=True), True))
