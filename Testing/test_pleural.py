@@ -3,6 +3,8 @@
 medial concavity, not tissue under the lung base, not fat, not a bite far from the ribs."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -83,3 +85,39 @@ def test_it_is_a_default_step_that_needs_the_ct():
     without_ct = postprocess(cut.copy(), PostprocessOptions(remove_airways=False, boundary_midpoint=False))
     assert (on[lesion] == RIGHT).mean() > 0.8
     assert (off[lesion] > 0).mean() < 0.05 and (without_ct[lesion] > 0).mean() < 0.05
+
+
+def test_on_the_real_sample_a_cut_pleural_lesion_comes_back_and_nothing_else_is_added():
+    """The bundled sample CT and its reference labels (real ribs, heart, diaphragm): a 20 mm ball of +35 HU
+    against the right lung's lateral pleura, cut out of the labels, is put back; the uncut reference gains
+    almost nothing."""
+    import SimpleITK as sitk
+
+    from LungSegLib.core.geometry import Geometry, canonical_orientation
+
+    sample = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
+    image = sitk.ReadImage(str(sample / "ACRIN-FLT-Breast-001_chest.nrrd"))
+    orientation = canonical_orientation(Geometry.from_sitk(image))
+    ct = orientation.to_canonical(sitk.GetArrayFromImage(image)).copy()
+    labels = orientation.to_canonical(
+        sitk.GetArrayFromImage(sitk.ReadImage(str(sample / "ACRIN-FLT-Breast-001_lungs-label.nrrd")))).copy()
+    spacing = orientation.spacing_zyx
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+
+    reference = labels.copy()
+    assert fill_pleural_lesions(reference, ct, spacing).sum() * voxel_ml < 2.0
+
+    right = labels == RIGHT
+    zs = np.flatnonzero(right.any(axis=(1, 2)))
+    z = int(zs[len(zs) // 2])
+    rows, cols = np.nonzero(right[z])
+    row = int(np.median(rows))
+    col = int(cols[rows == row].min())  # the lateral pleura (columns run towards patient left)
+    zz, rr, cc = np.ogrid[:ct.shape[0], :ct.shape[1], :ct.shape[2]]
+    ball = np.hypot(np.hypot((zz - z) * spacing[0], (rr - row) * spacing[1]),
+                    (cc - col - 10.0 / spacing[2]) * spacing[2]) <= 20.0
+    lesion, cut = _cut(ct, labels, ball, 35)
+    assert lesion.sum() * voxel_ml > 10.0
+    added = fill_pleural_lesions(cut, ct, spacing)
+    assert (cut[lesion] == RIGHT).mean() > 0.7
+    assert (added & ~lesion).sum() * voxel_ml < 2.0

@@ -31,7 +31,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
+from scipy.spatial import ConvexHull
 
 from ..labels import LEFT, RIGHT
 
@@ -55,7 +55,7 @@ def _hull_inside(points: np.ndarray, scale: float, box: Tuple[slice, slice]) -> 
     cols = np.arange(box[1].start, box[1].stop, dtype=float)
     try:
         hull = ConvexHull(points * scale)
-    except (QhullError, ValueError):  # fewer than 3 points, or all on a line
+    except (RuntimeError, ValueError):  # QhullError is a RuntimeError: too few points, or all on a line
         return np.zeros((rows.size, cols.size), dtype=bool)
     # a convex polygon is one run of columns per row: intersect each facet's half-plane
     # a*row + b*col + c <= slack, row by row
