@@ -107,15 +107,23 @@ def test_a_noisy_slice_is_segmented_right_or_flagged(clean_sample, sd_hu):
     assert set(NOISY) <= {it.slice_index for it in result.review if it.reason == "noisy_slice"}
 
 
-def test_a_noisy_scan_is_smoothed_throughout_and_said_once(clean_sample):
-    """Noise everywhere (low dose, a sharp kernel) is the scan's, not a corrupted slice: every slice is
-    smoothed, the lungs are found as on the clean CT, and one warning says so (no per-slice items)."""
+@pytest.mark.parametrize("grain_px, sd_hu, min_dice", [(0.0, 150, 0.95), (1.0, 200, 0.9)])
+def test_a_noisy_scan_is_smoothed_throughout_and_said_once(clean_sample, grain_px, sd_hu, min_dice):
+    """Noise everywhere is the scan's, not a corrupted slice: fine-grained (a sharp kernel) or coarse (a
+    low-dose soft-kernel scan; the bundled model alone finds Dice 0.69 here), every slice is smoothed, the
+    lungs are found about as on the clean CT, and one warning says so (no per-slice items)."""
+    from scipy import ndimage
+
     clean_volume, geometry, segmenter, clean = clean_sample
     rng = np.random.default_rng(2)
-    volume = np.clip(clean_volume + rng.normal(0, 150, clean_volume.shape), -1024, 3071).astype(clean_volume.dtype)
+    noise = rng.normal(0, 1, clean_volume.shape)
+    if grain_px:
+        noise = ndimage.gaussian_filter(noise, (0, grain_px, grain_px))
+        noise /= noise.std()
+    volume = np.clip(clean_volume + sd_hu * noise, -1024, 3071).astype(clean_volume.dtype)
     result = segmenter.segment_array(volume, geometry)
     a, b = result.labels > 0, clean.labels > 0
-    assert 2.0 * (a & b).sum() / (a.sum() + b.sum()) >= 0.95
+    assert 2.0 * (a & b).sum() / (a.sum() + b.sum()) >= min_dice
     warnings = [w for w in result.warnings if w.code == "noisy_slices"]
     assert len(warnings) == 1 and "scan is noisier" in str(warnings[0])
     assert not result.noisy_slices and not any(it.reason == "noisy_slice" for it in result.review)
