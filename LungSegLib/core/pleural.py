@@ -48,9 +48,9 @@ FAT_HU: Tuple[float, float] = (-150.0, -50.0)
 
 
 def _hull_inside(points: np.ndarray, scale: float, box: Tuple[slice, slice]) -> np.ndarray:
-    """Pixels of ``box`` (full-resolution slices) inside the convex hull of ``points`` (working-grid
-    row/column), the hull scaled by ``scale`` to full resolution (half a working pixel of slack); all False
-    when there is no hull."""
+    """Pixels of ``box`` inside the convex hull of ``points`` (working-grid row/column) scaled by ``scale``:
+    ``box`` is on the working grid for ``scale`` 1 and at full resolution for ``scale`` = the working step
+    (half a working pixel of slack either way); all False when there is no hull."""
     rows = np.arange(box[0].start, box[0].stop, dtype=float)
     cols = np.arange(box[1].start, box[1].stop, dtype=float)
     try:
