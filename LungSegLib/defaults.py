@@ -19,8 +19,8 @@ HU_WINDOW: Tuple[float, float] = (-1024.0, 600.0)
 #: before the network sees it, and the level it is smoothed to. The shared CTs read 6–22 HU and training adds
 #: up to 30 HU of white noise; the bundled model starts to fail from about 60 HU (white 200 HU or coarse
 #: 150 HU noise on the sample). Smoothing to 20 HU measured better than to 15 or 10 (less blur) on the
-#: sample with white and coarse noise, for the bundled model and a leave-one-out fold
-#: (`benchmarks/noise_robustness.py --scan`).
+#: sample with white and coarse noise, for the bundled model (`benchmarks/results/noise_scan_target*.md`) and a
+#: leave-one-out fold (`benchmarks/noise_robustness.py --scan --model M --target HU`).
 NOISE_TRIGGER_HU = 35.0
 NOISE_TARGET_HU = 20.0
 #: A pixel denser than this (HU) is body; a slice with none is background without running the network.
