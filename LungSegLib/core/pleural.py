@@ -45,6 +45,9 @@ BONE_MM = 15.0
 BONE_HU = 250.0
 #: Fat (HU): never added.
 FAT_HU: Tuple[float, float] = (-150.0, -50.0)
+#: Concavities smaller than this in a slice (mm²) are the lung's ordinary irregular edge, not a lesion: they
+#: are not examined (on a network's labels most candidates are such, and the tests cost time).
+MIN_AREA_MM2 = 100.0
 
 
 def _hull_inside(points: np.ndarray, scale: float, box: Tuple[slice, slice]) -> np.ndarray:
@@ -81,15 +84,20 @@ def fill_pleural_lesions(labels: np.ndarray, ct: np.ndarray, spacing: Sequence[f
     small = labels[:, ::step, ::step]
     ct_small = ct[:, ::step, ::step]
     cover = max(1, int(round(COVER_MM / sz)))
+    cell_mm2 = step * sy * step * sx
     n = labels.shape[0]
-    bone_mm_cache = {}
+    reach = int(np.ceil(BONE_MM / (step * min(sy, sx)))) + 1
     for value in (RIGHT, LEFT):
         lung = small == value
         present = lung.any(axis=(1, 2))
         if not present.any():
             continue
         # lung voxels per column up to and including each slice: "lung within `cover` slices above/below"
-        upto = np.cumsum(lung, axis=0, dtype=np.int32)
+        # (on the lung's in-plane box only)
+        rows_in = np.flatnonzero(lung.any(axis=(0, 2)))
+        cols_in = np.flatnonzero(lung.any(axis=(0, 1)))
+        r_lo, c_lo = int(rows_in[0]), int(cols_in[0])
+        upto = np.cumsum(lung[:, r_lo:rows_in[-1] + 1, c_lo:cols_in[-1] + 1], axis=0, dtype=np.int32)
         for z in np.flatnonzero(present):
             m = lung[z]
             pts = np.argwhere(m)
@@ -110,22 +118,33 @@ def fill_pleural_lesions(labels: np.ndarray, ct: np.ndarray, spacing: Sequence[f
             if not candidate.any():
                 continue
             lo, hi = max(0, z - cover), min(n - 1, z + cover)
-            above = upto[hi][bb] - upto[z][bb]
-            below = (upto[z - 1][bb] - (upto[lo - 1][bb] if lo > 0 else 0)) if z > 0 else np.zeros_like(above)
+            ub = (slice(r0 - r_lo, r1 - r_lo), slice(c0 - c_lo, c1 - c_lo))  # bb within the in-plane box
+            above = upto[hi][ub] - upto[z][ub]
+            below = (upto[z - 1][ub] - (upto[lo - 1][ub] if lo > 0 else 0)) if z > 0 else np.zeros_like(above)
             candidate[bb] &= (above > 0) & (below > 0)
             if not candidate.any():
                 continue
             comp, count = ndimage.label(candidate)
-            if z not in bone_mm_cache:
-                bone_mm_cache[z] = ndimage.distance_transform_edt(~(ct_small[z] >= BONE_HU),  # NaN: not bone
-                                                                  sampling=(sy * step, sx * step))
-            bone_mm = bone_mm_cache[z]
+            large = np.bincount(comp.ravel(), minlength=count + 1) * cell_mm2 >= MIN_AREA_MM2
+            large[0] = False
+            if not large.any():
+                continue
             lungs_here = small[z] > 0
             for i, box in enumerate(ndimage.find_objects(comp), start=1):
+                if not large[i]:
+                    continue
                 grown = tuple(slice(max(0, s.start - 3), s.stop + 3) for s in box)
                 region = comp[grown] == i
                 rim = ndimage.binary_dilation(region, iterations=2) & ~region & ~lungs_here[grown]
-                if not rim.any() or np.median(bone_mm[grown][rim]) > BONE_MM:
+                if not rim.any():
+                    continue
+                # distance to bone on a crop wide enough that bone beyond it is farther than BONE_MM anyway
+                wide = tuple(slice(max(0, g.start - reach), g.stop + reach) for g in grown)
+                bone_mm = ndimage.distance_transform_edt(~(ct_small[z][wide] >= BONE_HU),  # NaN: not bone
+                                                         sampling=(sy * step, sx * step))
+                inner = tuple(slice(g.start - w.start, g.start - w.start + (r_.stop - r_.start))
+                              for g, w, r_ in zip(grown, wide, (slice(0, region.shape[0]), slice(0, region.shape[1]))))
+                if np.median(bone_mm[inner][rim]) > BONE_MM:
                     continue
                 # back to full resolution: the hull at full scale, inside this component's cells
                 full = tuple(slice(s.start * step, min(labels.shape[k + 1], s.stop * step))
@@ -140,4 +159,4 @@ def fill_pleural_lesions(labels: np.ndarray, ct: np.ndarray, spacing: Sequence[f
     return added
 
 
-__all__ = ["BONE_HU", "BONE_MM", "COVER_MM", "FAT_HU", "STEP_MM", "fill_pleural_lesions"]
+__all__ = ["BONE_HU", "BONE_MM", "COVER_MM", "FAT_HU", "MIN_AREA_MM2", "STEP_MM", "fill_pleural_lesions"]
