@@ -87,8 +87,8 @@ def clean_sample():
 @pytest.mark.parametrize("sd_hu", [150, 300, 600])
 def test_a_noisy_slice_is_segmented_right_or_flagged(clean_sample, sd_hu):
     """Honesty under noise: on each noisy slice the model either still finds the lungs (Dice >= 0.9 against
-    its own labels on the clean CT) or says it is unsure (confidence below every clean slice's, and the
-    slice is in the review list). A confidently wrong slice fails."""
+    its own labels on the clean CT) or says it is unsure: confidence below every clean slice's and the slice in
+    the review list, or the slice listed as very noisy (score >= 0.5). A wrong slice nobody is told about fails."""
     clean_volume, geometry, segmenter, clean = clean_sample
     volume = clean_volume.copy()
     rng = np.random.default_rng(1)
@@ -98,10 +98,13 @@ def test_a_noisy_slice_is_segmented_right_or_flagged(clean_sample, sd_hu):
     conf = result.confidence.slice_confidence()
     interior = [k for k in range(8, 41) if k not in NOISY]
     flagged = {it.slice_index for it in result.review if it.reason == "low_confidence"}
+    urgent_noise = {it.slice_index for it in result.review if it.reason == "noisy_slice" and it.score >= 0.5}
     for k in NOISY:
         a, b = result.labels[k] > 0, clean.labels[k] > 0
         dice = 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
-        assert dice >= 0.9 or (conf[k] < conf[interior].min() and k in flagged), (k, dice, conf[k], flagged)
+        # wrong only where it says so: the network is unsure there, or the slice is listed as very noisy
+        assert dice >= 0.9 or (conf[k] < conf[interior].min() and k in flagged) or k in urgent_noise, \
+            (k, dice, conf[k], flagged, urgent_noise)
     # and the slices are named as noisy (smoothed before segmentation) whatever the network made of them
     assert set(result.noisy_slices) == set(NOISY)
     assert set(NOISY) <= {it.slice_index for it in result.review if it.reason == "noisy_slice"}
