@@ -142,8 +142,8 @@ def fill_pleural_lesions(labels: np.ndarray, ct: np.ndarray, spacing: Sequence[f
                 wide = tuple(slice(max(0, g.start - reach), g.stop + reach) for g in grown)
                 bone_mm = ndimage.distance_transform_edt(~(ct_small[z][wide] >= BONE_HU),  # NaN: not bone
                                                          sampling=(sy * step, sx * step))
-                inner = tuple(slice(g.start - w.start, g.start - w.start + (r_.stop - r_.start))
-                              for g, w, r_ in zip(grown, wide, (slice(0, region.shape[0]), slice(0, region.shape[1]))))
+                inner = tuple(slice(g.start - w.start, g.start - w.start + size)
+                              for g, w, size in zip(grown, wide, region.shape))
                 if np.median(bone_mm[inner][rim]) > BONE_MM:
                     continue
                 # back to full resolution: the hull at full scale, inside this component's cells
