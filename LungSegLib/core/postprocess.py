@@ -162,34 +162,36 @@ def keep_main_components(labels: np.ndarray, min_fraction: float = 0.1,
         if box is None:
             continue
         sub = labels[box]
-        # 16-bit labels, counts and lookups in chunks: full-size int64 temporaries (bincount, isin,
-        # fancy indexing) cost 8 bytes per voxel of the lung's box, 0.8 GB at 1000 slices
+        # 16-bit labels and chunked counts: full-size int64 temporaries (bincount) cost 8 bytes per voxel
+        # of the lung's box, 0.8 GB at 1000 slices
         comp, n = value_components(sub, lung, _CONNECT_26)
         if n <= 1:
             continue
         sizes = label_counts(comp, n + 1)[1:]
-        drop = np.zeros(n + 1, dtype=bool)
-        drop[1:] = sizes < min_fraction * sizes.max()
+        drop = sizes < min_fraction * sizes.max()
         if not drop.any():
             continue
+        boxes = ndimage.find_objects(comp)
         if upper_fraction > 0:
-            drop[1:] &= ~_upper_islands(comp, sizes, upper_fraction, upper_gap_slices)
-        # islands of this lung lying against the other lung are usually the other lung mislabelled
-        touching = _touching_components(comp, drop, sub, other)
-        for k0 in range(0, sub.shape[0], _SLAB):  # slab by slab: no box-sized masks
-            part, ids = sub[k0:k0 + _SLAB], comp[k0:k0 + _SLAB]
-            part[drop[ids]] = 0
-            if touching.any():
-                part[touching[ids]] = other
+            drop &= ~_upper_islands(boxes, sizes, upper_fraction, upper_gap_slices)
+        # each island on its own box (one voxel wider, where its neighbours lie): a network's raw output can
+        # hold hundreds of specks, and a pass over the lung's whole box per step cost more than all of them
+        for index in np.flatnonzero(drop):
+            around = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in boxes[index])
+            island = comp[around] == index + 1
+            region = sub[around]
+            # islands of this lung lying against the other lung are usually the other lung mislabelled
+            near = region == other
+            touches = near.any() and (ndimage.binary_dilation(island, _CONNECT_26) & near).any()
+            region[island] = other if touches else 0
     return labels
 
 
-def _upper_islands(comp: np.ndarray, sizes: np.ndarray, fraction: float,
+def _upper_islands(boxes: Sequence[Optional[Tuple[slice, ...]]], sizes: np.ndarray, fraction: float,
                    max_gap: Optional[int] = None) -> np.ndarray:
-    """Per component (index = label - 1): at least ``fraction`` of the largest, wholly above the
-    middle slice of the largest one's slice range, and (``max_gap``) with at most that many empty
-    slices between its bottom and the largest one's top."""
-    boxes = ndimage.find_objects(comp)
+    """Per component (index = label - 1, ``boxes`` from ``find_objects``): at least ``fraction`` of the
+    largest, wholly above the middle slice of the largest one's slice range, and (``max_gap``) with at
+    most that many empty slices between its bottom and the largest one's top."""
     main = int(np.argmax(sizes))
     middle = (boxes[main][0].start + boxes[main][0].stop - 1) / 2.0
     bottoms = np.array([b[0].start if b is not None else -1 for b in boxes[:sizes.size]])
@@ -197,37 +199,6 @@ def _upper_islands(comp: np.ndarray, sizes: np.ndarray, fraction: float,
     if max_gap is not None:
         upper &= bottoms - boxes[main][0].stop <= max_gap
     return upper
-
-
-def _touching_components(comp: np.ndarray, selected: np.ndarray, labels: np.ndarray, other: int) -> np.ndarray:
-    """Per label of ``comp`` (index = label), whether a voxel of a ``selected[label]`` component has a
-    26-neighbour of value ``other`` in ``labels``. Slab by slab (never a mask of the whole box): the
-    slab's ``other`` voxels (with a one-slice halo) are dilated by the 3 x 3 x 3 cube as three
-    separable 1-D shifts, and the selected voxels under it name the touching components (one pass per
-    slab instead of 26 gathers per selected voxel)."""
-    touching = np.zeros(selected.size, dtype=bool)
-    depth = comp.shape[0]
-    for k0 in range(0, depth, _SLAB):
-        k1 = min(depth, k0 + _SLAB)
-        ids = comp[k0:k1]
-        chosen = selected[ids]
-        if not chosen.any():
-            continue
-        h0, h1 = max(0, k0 - 1), min(depth, k1 + 1)
-        near = labels[h0:h1] == other
-        if not near.any():
-            continue
-        for axis in (2, 1, 0):  # the cube's dilation, axis by axis (beyond the array: nothing)
-            grown = near.copy()
-            lo = [slice(None)] * 3
-            hi = [slice(None)] * 3
-            lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-            grown[tuple(lo)] |= near[tuple(hi)]
-            grown[tuple(hi)] |= near[tuple(lo)]
-            near = grown
-        near = near[k0 - h0:k0 - h0 + (k1 - k0)]
-        touching[ids[chosen & near]] = True
-    return touching
 
 
 def fix_left_right(labels: np.ndarray) -> np.ndarray:
