@@ -268,13 +268,15 @@ def _reference_keep_main(labels: np.ndarray, min_fraction: float = 0.1, upper_fr
         if n <= 1:
             continue
         sizes = np.bincount(comp.ravel())[1:]
-        main_slices = np.flatnonzero((comp == np.argmax(sizes) + 1).any(axis=(1, 2)))
+        main = comp == np.argmax(sizes) + 1
+        main_slices = np.flatnonzero(main.any(axis=(1, 2)))
         middle = (main_slices[0] + main_slices[-1]) / 2
         for cid in np.flatnonzero(sizes < min_fraction * sizes.max()) + 1:
             island = comp == cid
             bottom = np.flatnonzero(island.any(axis=(1, 2)))[0]
             near = upper_gap_slices is None or bottom - (main_slices[-1] + 1) <= upper_gap_slices
-            if sizes[cid - 1] >= upper_fraction * sizes.max() and bottom > middle and near:
+            over = main.any(axis=0)[island.any(axis=0)].mean() >= 0.5  # over the lung's footprint
+            if sizes[cid - 1] >= upper_fraction * sizes.max() and bottom > middle and near and over:
                 continue  # an upper island big enough to be lung, close above it
             touches = (ndimage.binary_dilation(island, structure=full) & (labels == other)).any()
             labels[island] = other if touches else 0
@@ -291,7 +293,8 @@ def test_keep_main_components_matches_the_plain_scipy_version():
         labels[_SLAB - 2:_SLAB + 2, 8:11, 19:22] = 1   # an island of 1 touching lung 2, across a slab edge
         labels[5:9, 25:28, 30:33] = 1                  # a lone island of 1
         labels[40:43, 1:4, 10:13] = 2                  # a lone island of 2
-        labels[-6:, 24:29, 30:36] = 1                  # an upper island of 1, big enough to be kept
+        labels[-6:, 24:29, 30:36] = 1                  # an upper island of 1 outside its footprint: dropped
+        labels[-6:, 12:18, 8:14] = 1                   # an upper island of 1 over its footprint: kept
         labels[-12:-8, 8:22, 4:18] = 0                 # the right lung's top 8 slices cut off by 4 empty ones ...
         for value in (0, 1, 2):  # 10 stray voxels of each value
             labels[tuple(rng.integers(0, n, 10) for n in labels.shape)] = value

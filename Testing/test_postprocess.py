@@ -156,3 +156,31 @@ def test_an_island_far_above_the_apex_is_not_lung():
     # at 1 mm slices the far island is 9 mm away: kept; with no gap limit (no spacing given) as well
     assert (postprocess(labels.copy(), opts, ct=ct, spacing=(1.0, 1.0, 1.0))[far] == LEFT).all()
     assert (keep_main_components(labels.copy())[far] == LEFT).all()
+
+
+def test_an_upper_island_outside_the_lung_footprint_is_not_lung():
+    """The couch's air cells behind the patient, labelled lung at the level of the upper lobes (a left-out
+    fold of the bundled recipe: 15 mL on one slice, HD95 85 mm), lie in the upper half of the lung's slices
+    like a cut-off apex piece, but outside the lung's in-plane footprint."""
+    labels = np.zeros((40, 60, 60), np.uint8)
+    labels[4:30, 8:32, 6:26] = RIGHT
+    labels[4:30, 8:32, 34:54] = LEFT
+    couch = np.zeros_like(labels, bool)
+    couch[22:25, 50:56, 4:24] = True      # behind the patient (rows past the lungs), 360 voxels: 2.9 %
+    apex = np.zeros_like(labels, bool)
+    apex[31:35, 14:22, 10:18] = True      # above the lung, over its footprint
+    labels[couch], labels[apex] = RIGHT, RIGHT
+    out = keep_main_components(labels.copy())
+    assert (out[couch] == 0).all()
+    assert (out[apex] == RIGHT).all()
+    # half over the footprint is enough (an upper-lobe piece at the lung's edge)
+    edge = labels.copy()
+    edge[couch] = 0
+    piece = np.zeros_like(labels, bool)
+    piece[31:34, 28:36, 10:18] = True     # above a one-slice gap; rows 28-31 over the lung, 32-35 beyond it
+    edge[piece] = RIGHT
+    assert (keep_main_components(edge.copy())[piece] == RIGHT).all()
+    edge[piece] = 0
+    piece[31:34, 28:30] = False           # now a third over the lung: dropped
+    edge[piece] = RIGHT
+    assert (keep_main_components(edge)[piece] == 0).all()

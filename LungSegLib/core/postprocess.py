@@ -26,10 +26,11 @@ class PostprocessOptions:
     Attributes:
         keep_largest: per lung keep the largest 3-D component and those at least
             ``min_component_fraction`` of it, and also islands of at least ``upper_island_fraction``
-            of it lying wholly in the upper half of its slice range and at most ``upper_island_gap_mm``
-            above its top (an apex or upper-lobe piece the network cut off at a tumour or collapse;
-            abdominal gas lies below the lung bases, air in the neck or between raised arms far above
-            the apex); smaller islands that touch the other lung join it, the rest become background.
+            of it lying wholly in the upper half of its slice range, at most ``upper_island_gap_mm``
+            above its top and at least half within its in-plane footprint (an apex or upper-lobe piece
+            the network cut off at a tumour or collapse; abdominal gas lies below the lung bases, air in
+            the neck or between raised arms far above the apex, the couch's air cells behind the
+            patient); smaller islands that touch the other lung join it, the rest become background.
         fill_holes: fill enclosed holes (vessels, nodules, dense disease) in each lung, in 3-D and in
             every axial slice.
         fix_sides: make sure label 1 is the lung on the patient's right (smaller column index).
@@ -173,7 +174,10 @@ def keep_main_components(labels: np.ndarray, min_fraction: float = 0.1,
             continue
         boxes = ndimage.find_objects(comp)
         if upper_fraction > 0:
-            drop &= ~_upper_islands(boxes, sizes, upper_fraction, upper_gap_slices)
+            upper = drop & _upper_islands(boxes, sizes, upper_fraction, upper_gap_slices)
+            if upper.any():
+                upper &= _within_footprint(comp, boxes, int(np.argmax(sizes)), upper)
+            drop &= ~upper
         # each island on its own box (one voxel wider, where its neighbours lie): a network's raw output can
         # hold hundreds of specks, and a pass over the lung's whole box per step cost more than all of them
         for index in np.flatnonzero(drop):
@@ -199,6 +203,27 @@ def _upper_islands(boxes: Sequence[Optional[Tuple[slice, ...]]], sizes: np.ndarr
     if max_gap is not None:
         upper &= bottoms - boxes[main][0].stop <= max_gap
     return upper
+
+
+def _within_footprint(comp: np.ndarray, boxes: Sequence[Optional[Tuple[slice, ...]]], main: int,
+                      candidates: np.ndarray) -> np.ndarray:
+    """Per component (index = label - 1) among ``candidates``: whether at least half of its in-plane
+    projection lies within the in-plane projection of component ``main`` (its footprint over all slices).
+
+    A piece of apex or upper lobe lies over the lung's own footprint; the air cells of the couch under the
+    patient, which a network can label lung at the level of the upper lobes (a left-out case: 15 mL on one
+    slice, HD95 85 mm), lie outside it."""
+    rows, cols = boxes[main][1], boxes[main][2]
+    footprint = np.zeros(comp.shape[1:], dtype=bool)
+    for k0 in range(boxes[main][0].start, boxes[main][0].stop, _SLAB):  # slab by slab: no box-sized mask
+        k1 = min(boxes[main][0].stop, k0 + _SLAB)
+        footprint[rows, cols] |= (comp[k0:k1, rows, cols] == main + 1).any(axis=0)
+    within = np.zeros(candidates.size, dtype=bool)
+    for index in np.flatnonzero(candidates):
+        box = boxes[index]
+        own = (comp[box] == index + 1).any(axis=0)
+        within[index] = footprint[box[1:]][own].mean() >= 0.5
+    return within
 
 
 def fix_left_right(labels: np.ndarray) -> np.ndarray:
