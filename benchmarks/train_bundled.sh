@@ -9,8 +9,8 @@
 #   benchmarks/train_bundled.sh lopo-summary   # $LOPO_OUT/summary.{csv,json}
 #
 # LUNGSEG_DATA_DIR defaults to ../shared/data (next to the repository clone); RUNS to /tmp/lungseg_runs.
-# The recipe's schedule and input: EPOCHS (of 50 steps; default 16: the best schedule of the candidates, none
-# shipped yet; the bundled model had 64 epochs of an older augmentation, see its card) and CONTEXT_MM
+# The recipe's schedule and input: EPOCHS (of 50 steps; default 16: the bundled model's schedule, trained with
+# `final` at commit 50463a7, whose augmentation the code has extended since, see its card) and CONTEXT_MM
 # (default 0: one slice; > 0 adds the CT that far below/above as channels). Recipe comparisons run the
 # folds into another LOPO_OUT (default benchmarks/results/lopo), e.g. EPOCHS=64 LOPO_OUT=.../lopo_e64.
 set -euo pipefail
