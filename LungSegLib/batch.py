@@ -389,6 +389,11 @@ def already_done(item: BatchItem, output_root: Path, fmt: str) -> Optional[Row]:
     marker = read_marker(output)
     if marker is None:
         return None
+    from .core.atomic import remove_stale_temps
+
+    # a run killed while it checked or wrote an output here may have left its temporary file, and nothing
+    # else writes to this folder in this run to clear it
+    remove_stale_temps(output.parent)
     return Row(item.key, item.kind, item.series_uid, output.relative_to(output_root).as_posix(), "already done",
                str(marker.get("right_lung_ml", "")), str(marker.get("left_lung_ml", "")),
                str(marker.get("warnings", "")), str(marker.get("seconds", "")))

@@ -165,9 +165,17 @@ def test_second_run_skips_complete_outputs_and_redoes_incomplete_ones(tree, refe
     fourth.write_bytes(fourth.read_bytes()[:-10])      # changed after its marker was written
     untouched = out / "site2" / "p05" / f"{SERIES_UID.format(13)}.seg.nrrd"
     mtime = untouched.stat().st_mtime_ns
+    # the probe file of a run killed while it checked this folder's output (the folder's only output is done,
+    # so nothing of this run writes there)
+    from LungSegLib.core.atomic import _HOST
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    probe = untouched.with_name(f".{untouched.name}.lungseg-{_HOST}-{int(dead.stdout)}.tmp.probe")
+    probe.write_bytes(b"")
     outcome = run_batch(tree, out, BatchConfig(str(out)), segmenter=LungSegmenter(oracle_model))
     assert [r.status for r in outcome.rows] == ["done", "already done", "failed", "done", "already done"]
     assert untouched.stat().st_mtime_ns == mtime
+    assert not probe.exists() and temp_files(out) == []
     # --strict: the batch's exit code says that a CT failed (the corrupt series, tried again)
     assert main(["batch", str(tree), str(out), "--model", str(oracle_model_path), "--quiet", "--strict"]) == 3
     assert untouched.stat().st_mtime_ns == mtime
