@@ -73,12 +73,18 @@ def test_the_card_names_the_recipe_and_the_code_that_trained_the_weights():
     assert {"p_pathology", "p_negative", "noise_hu"} <= set(training["augmentation"])
     commit = training["code_commit"]
     assert len(commit) == 40 and commit[:7] in training["command"]
-    try:
-        proc = subprocess.run(["git", "-C", str(REPO), "cat-file", "-t", commit], capture_output=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.skip(f"git is not available to look the commit up: {exc}")
-    if proc.returncode != 0 and (REPO / ".git" / "shallow").exists():
-        pytest.skip("a shallow clone: the training commit is not in it")
-    assert proc.stdout.decode().strip() == "commit"
     card_md = (models_dir() / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert commit[:7] in card_md  # the card's prose names the same code
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, timeout=60)
+
+    try:
+        shallow = git("rev-parse", "--is-shallow-repository")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"git is not available to look the commit up: {exc}")
+    if shallow.returncode != 0:
+        pytest.skip("not a git checkout: the training commit cannot be looked up")
+    if shallow.stdout.decode().strip() == "true":
+        pytest.skip("a shallow clone: the training commit is not in it")
+    assert git("cat-file", "-t", commit).stdout.decode().strip() == "commit"
