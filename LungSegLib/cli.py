@@ -208,6 +208,10 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--select", choices=("best", "last"), default="best",
                    help="which epoch becomes best.keras: best validation Dice (default; lowest loss "
                         "without validation) or the last (when the validation case is a test case)")
+    p.add_argument("--augmentation", choices=("bundled", "extended"), default="bundled",
+                   help="augmentation recipe: 'bundled' (default: the shipped model's) or 'extended' (adds "
+                        "air bronchograms, patchy and pleural-based consolidation, low-dose noise and gas "
+                        "below the lung bases; it scored lower leave-one-patient-out, see the model card)")
     p.add_argument("--no-augment", action="store_true", help="train on the slices as they are")
     p.add_argument("--init", metavar="MODEL", default="",
                    help="start from existing weights: 'bundled' (the model shipped with LungSeg) or a model "
@@ -229,6 +233,7 @@ def _run_train(args) -> int:
     """
     from .core.inference import configure_threads
     from .errors import InputError
+    from .training.augment import RECIPES
     from .training.train import TrainConfig, train
 
     if not 0 <= args.context_mm <= 30:
@@ -239,7 +244,8 @@ def _run_train(args) -> int:
                          steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                          learning_rate=args.lr, patience=args.patience, seed=args.seed,
                          augment=not args.no_augment, max_minutes=args.max_minutes, select=args.select,
-                         init=args.init, context_mm=args.context_mm)
+                         init=args.init, context_mm=args.context_mm,
+                         augment_config=RECIPES[args.augmentation])
     verbose = 2 if args.quiet or not sys.stderr.isatty() else 1
     result = train(args.cases_dir, args.out, config, val=args.val, split_file=args.split,
                    resume=args.resume, epochs=args.epochs, cache_dir=args.cache_dir, verbose=verbose)

@@ -181,7 +181,7 @@ def test_consolidation_keeps_its_lung_label_with_bronchograms_and_patchy_aeratio
     image, labels = model_slice()
     lung = labels > 0
     cfg = AugmentConfig(p_pathology=1.0, p_negative=0.0, p_flip=0.0, p_spatial=0.0, p_intensity=0.0,
-                        p_bronchogram=p_bronchogram)
+                        p_bronchogram=p_bronchogram, p_patchy=0.5)
     augment = Augmenter(cfg)
     bronchograms, patchy = 0, 0
     for seed in range(30):
@@ -218,3 +218,15 @@ def test_pleural_consolidation_setting_moves_the_blobs_to_the_pleura():
         return float(np.mean(depths))
 
     assert mean_depth(1.0) < 0.85 * mean_depth(0.0)
+
+
+def test_settings_that_are_off_draw_no_random_numbers():
+    """The bundled recipe's training batches depend on the random stream: a setting added later and
+    left off must not shift it (otherwise the defaults no longer reproduce the bundled model)."""
+    from LungSegLib.training.augment import _happens
+
+    rng = np.random.default_rng(3)
+    before = rng.bit_generator.state
+    assert not any(_happens(0.0, rng) for _ in range(5))
+    assert rng.bit_generator.state == before
+    assert _happens(1.0, rng) and rng.bit_generator.state != before

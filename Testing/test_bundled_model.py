@@ -63,6 +63,23 @@ def test_bundled_model_is_exported_weights_with_a_complete_card():
     assert not list((REPO / "Resources" / "Models").glob("*.keras"))  # one copy, one format
 
 
+def test_the_default_augmentation_is_the_bundled_models_recipe():
+    """`lungseg train` with default augmentation trains the shipped recipe: every setting the card
+    records has the card's value, and the switches added since are off."""
+    from dataclasses import asdict
+
+    from LungSegLib.training.augment import AugmentConfig
+
+    card = json.loads((models_dir() / BUNDLED_MODEL).with_suffix(".json").read_text(encoding="utf-8"))
+    recorded = card["training"]["augmentation"]
+    defaults = asdict(AugmentConfig())
+    for name, value in defaults.items():
+        if name in recorded:
+            assert (list(value) if isinstance(value, tuple) else value) == recorded[name], name
+        elif name.startswith("p_") or isinstance(value, bool):  # a switch, not the strength behind one
+            assert not value, f"{name} is on by default but the bundled model was trained without it"
+
+
 def test_the_card_names_the_recipe_and_the_code_that_trained_the_weights():
     """Anyone can retrain the bundled model: the card gives the schedule, the augmentation, the epoch kept
     and the commit whose code trained it (the augmentation in the code has changed since)."""

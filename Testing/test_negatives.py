@@ -54,12 +54,23 @@ def test_gas_pocket_below_the_lung_bases_lies_inside_the_body(seed):
     image, labels = model_slice()
     image[labels > 0] = image.max()  # a slice below the bases: soft tissue where the lungs were
     labels = np.zeros_like(labels)
-    out, out_labels = negative_example(image, labels, np.random.default_rng(seed), WINDOW)  # only gas fits
+    out, out_labels = negative_example(image, labels, np.random.default_rng(seed), WINDOW,
+                                       gas_below_bases=True)  # only gas fits
     painted = np.abs(out - image) > 1e-6
     assert painted.sum() > 5 and np.median(hu(out[painted])) < -850
     assert not out_labels.any()
     body = image > 0.0
     assert (ndimage.distance_transform_edt(body)[painted] > 8).all()  # inside the abdomen, not at the skin
+
+
+def test_a_slice_below_the_bases_is_left_alone_in_the_bundled_recipe():
+    image, labels = model_slice()
+    image[labels > 0] = image.max()
+    labels = np.zeros_like(labels)
+    for seed in range(6):
+        out, out_labels = negative_example(image, labels, np.random.default_rng(seed), WINDOW)
+        np.testing.assert_array_equal(out, image)
+        assert not out_labels.any()
 
 
 @pytest.mark.parametrize("seed", range(6))

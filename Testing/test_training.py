@@ -292,6 +292,19 @@ def test_cli_train_writes_a_loadable_model(phantom_cases, tmp_path, capsys):
     assert "Best epoch 1" in out and "best.weights.npz" in out
     assert load_model(run / "best.keras").spec.size == 256
     assert load_model(run / "best.weights.npz").card["architecture"]["depth"] == 2
+    assert load_model(run / "best.keras").card["training"]["augmentation"]["p_bronchogram"] == 0.0  # bundled recipe
+
+
+def test_cli_train_extended_augmentation_is_recorded_in_the_card(phantom_cases, tmp_path):
+    from LungSegLib.cli import main
+    from LungSegLib.training.augment import EXTENDED
+
+    run = tmp_path / "ext"
+    assert main(["train", str(phantom_cases), "--out", str(run), "--val", "p3", "--base-filters", "4",
+                 "--depth", "2", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--quiet",
+                 "--augmentation", "extended"]) == 0
+    augmentation = json.loads((run / "best.json").read_text())["training"]["augmentation"]
+    assert augmentation["p_bronchogram"] == EXTENDED.p_bronchogram > 0 and augmentation["gas_below_bases"] is True
 
 
 def test_context_model_trains_loads_and_segments(phantom_cases, tmp_path, chest_phantom, capsys):

@@ -10,9 +10,10 @@
 #
 # LUNGSEG_DATA_DIR defaults to ../shared/data (next to the repository clone); RUNS to /tmp/lungseg_runs.
 # The recipe's schedule and input: EPOCHS (of 50 steps; default 16: the bundled model's schedule, trained with
-# `final` at commit 50463a7, whose augmentation the code has extended since, see its card) and CONTEXT_MM
-# (default 0: one slice; > 0 adds the CT that far below/above as channels). Recipe comparisons run the
-# folds into another LOPO_OUT (default benchmarks/results/lopo), e.g. EPOCHS=64 LOPO_OUT=.../lopo_e64.
+# `final` at commit 50463a7; today's default augmentation draws the same slices, see its card), CONTEXT_MM
+# (default 0: one slice; > 0 adds the CT that far below/above as channels) and AUGMENTATION (default bundled;
+# extended: the later candidate). Recipe comparisons run the folds into another LOPO_OUT (default
+# benchmarks/results/lopo), e.g. EPOCHS=64 LOPO_OUT=.../lopo_e64.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${LUNGSEG_DATA_DIR:-../shared/data}/cases"
@@ -21,9 +22,10 @@ LUNGSEG="${LUNGSEG:-lungseg}"
 PYTHON="${PYTHON:-python}"
 EPOCHS="${EPOCHS:-16}"
 CONTEXT_MM="${CONTEXT_MM:-0}"
+AUGMENTATION="${AUGMENTATION:-bundled}"
 LOPO_OUT="${LOPO_OUT:-benchmarks/results/lopo}"
 RECIPE=(--classes 3 --loss ce_dice --base-filters 8 --depth 4 --batch-size 8 --steps-per-epoch 50 --seed 0
-        --epochs "$EPOCHS" --context-mm "$CONTEXT_MM" --cache-dir "$RUNS/cache" --quiet)
+        --epochs "$EPOCHS" --context-mm "$CONTEXT_MM" --augmentation "$AUGMENTATION" --cache-dir "$RUNS/cache" --quiet)
 export TF_CPP_MIN_LOG_LEVEL=2
 
 case "${1:-final}" in

@@ -78,13 +78,16 @@ def fat_at_border(image: np.ndarray, labels: np.ndarray, rng: np.random.Generato
 
 
 def gas_beside_lung(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-                    window: Tuple[float, float]) -> Tuple[np.ndarray, np.ndarray]:
+                    window: Tuple[float, float], below_bases: bool = True) -> Tuple[np.ndarray, np.ndarray]:
     """A gas pocket in soft tissue 2–20 pixels from the lung, behind a wall (labels unchanged: background).
 
     On a slice without lung (below the bases: stomach, colon) the pocket lies anywhere in the body's
-    soft tissue at least 8 pixels inside the skin.
+    soft tissue at least 8 pixels inside the skin, or, with ``below_bases`` False, the slice is left
+    as it is.
     """
     lung = labels > 0
+    if not below_bases and not lung.any():
+        return image, labels
     tissue = (labels == 0) & (_slice(image) > _unit(-300.0, window))
     wall = rng.uniform(2.0, 4.0)  # pixels of 1.5 mm: a 3–6 mm diaphragm / bowel wall
     if lung.any():
@@ -124,12 +127,16 @@ def effusion_outside(image: np.ndarray, labels: np.ndarray, rng: np.random.Gener
 
 
 def negative_example(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-                     window: Tuple[float, float], kinds: Tuple[str, ...] = KINDS) -> Tuple[np.ndarray, np.ndarray]:
-    """One lookalike of a random kind (see the module docstring); image clipped to [0, 1]. A slice
-    without lung can only get gas (fat and effusion take the place of lung)."""
-    if "gas" in kinds and not (labels > 0).any():
+                     window: Tuple[float, float], kinds: Tuple[str, ...] = KINDS,
+                     gas_below_bases: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """One lookalike of a random kind (see the module docstring); image clipped to [0, 1]. With
+    ``gas_below_bases`` a slice without lung can only get gas (fat and effusion take the place of lung);
+    without it such a slice is left as it is (the bundled model's recipe)."""
+    if gas_below_bases and "gas" in kinds and not (labels > 0).any():
         kinds = ("gas",)
     kind = kinds[int(rng.integers(len(kinds)))]
-    painter = {"fat": fat_at_border, "gas": gas_beside_lung, "effusion": effusion_outside}[kind]
-    image, labels = painter(image, labels, rng, window)
+    if kind == "gas":
+        image, labels = gas_beside_lung(image, labels, rng, window, below_bases=gas_below_bases)
+    else:
+        image, labels = {"fat": fat_at_border, "effusion": effusion_outside}[kind](image, labels, rng, window)
     return np.clip(image, 0.0, 1.0).astype(np.float32), labels
