@@ -217,10 +217,33 @@ def test_walled_gas_pocket_labelled_lung_is_removed_but_lung_air_is_not():
     gas = walled_gas(labels, ct, SPACING)
     assert gas[pocket].mean() > 0.95
     assert not gas[bulla].any()
-    out = postprocess(labels.copy(), PostprocessOptions(remove_walled_gas=True), ct=ct, spacing=SPACING)
+    out = postprocess(labels.copy(), PostprocessOptions(), ct=ct, spacing=SPACING)  # on by default
     assert (out[pocket] > 0).mean() < 0.05 and (out[bulla] == 1).all()
-    default = postprocess(labels.copy(), PostprocessOptions(), ct=ct, spacing=SPACING)
-    assert (default[pocket] > 0).mean() > 0.95  # off by default
+    assert (out[wall] > 0).mean() < 0.4  # the wall within 4 mm of the gas goes too (in 3-D)
+    assert (out[truth > 0] == truth[truth > 0]).mean() > 0.999
+    kept = postprocess(labels.copy(), PostprocessOptions(remove_walled_gas=False), ct=ct, spacing=SPACING)
+    assert (kept[pocket] > 0).mean() > 0.95
+
+
+def test_walled_gas_with_a_partial_volume_edge_goes_and_a_bulla_against_the_ribs_stays():
+    """Emphysema against the chest wall is half walled by tissue: it must stay lung. Real gas has a
+    partial-volume edge (neither air nor tissue), which must not save it."""
+    from scipy import ndimage
+
+    ct, truth, _ = chest(with_airways=False, seed=3)
+    z, r, c = np.ogrid[:SHAPE[0], :SHAPE[1], :SHAPE[2]]
+    labels = truth.copy()
+    pocket = (((z - 2) / 3.0) ** 2 + ((r - 66) / 13.0) ** 2 + ((c - 115) / 13.0) ** 2 <= 1) & (truth == 0)
+    ct[pocket] = -1000
+    edge = ndimage.binary_dilation(pocket, structure=np.ones((1, 3, 3), bool)) & ~pocket
+    ct[edge] = -600  # half air, half wall
+    labels[ndimage.binary_dilation(pocket, structure=np.ones((1, 7, 7), bool)) & (truth == 0)] = 2
+    # a 15 mm subpleural bulla in the right lung's lower half, centred on its lateral pleura
+    bulla = (((z - 12) * 3.0) ** 2 + ((r - 66) * 1.5) ** 2 + ((c - 26) * 1.5) ** 2 <= 15.0 ** 2) & (truth == 1)
+    ct[bulla] = -990
+    out = postprocess(labels.copy(), PostprocessOptions(), ct=ct, spacing=SPACING)
+    assert (out[pocket] > 0).mean() < 0.05
+    assert bulla.sum() > 300 and (out[bulla] == 1).all()
 
 
 def test_dark_lung_between_the_apices_is_not_taken_for_a_trachea():

@@ -13,9 +13,9 @@ Variants differ only after the network (its probabilities are computed once and 
 * ``+airways``: the same with the central airways removed;
 * ``+airways+fat``: and thick boundary fat removed (:mod:`LungSegLib.core.boundary`);
 * ``+airways+rim``: airways removed and the convention's partial-volume rule at the pleura;
-* ``default (airways, rim, upper islands)``: that, and an island of at least 1 % of a lung lying wholly in
-  the upper half of its slices is kept (today's default post-processing); ``default+fat``: and the
-  boundary-fat rule;
+* ``default``: that, an island of at least 1 % of a lung lying wholly in the upper half of its slices
+  kept, dense lesions against the ribs put back and walled gas removed (today's default post-processing);
+  ``default+fat``: and the boundary-fat rule;
 * ``+airways t=X``: lung where P(right)+P(left) >= X instead of argmax (boundary calibration).
 
 With the bundled model the cases are its own training cases: every number is a fit, optimistic for
@@ -78,13 +78,14 @@ def measure(case: Case, labels: np.ndarray, airway: np.ndarray, convention: np.n
 
 
 def variants(thresholds: List[float], defaults_only: bool = False):
-    off = dict(remove_airways=False, remove_boundary_fat=False, boundary_midpoint=False, upper_island_fraction=0.0)
+    off = dict(remove_airways=False, remove_boundary_fat=False, boundary_midpoint=False, upper_island_fraction=0.0,
+               remove_walled_gas=False)
     yield "today", None, PostprocessOptions(**off)
     if not defaults_only:
         yield "+airways", None, PostprocessOptions(**dict(off, remove_airways=True))
         yield "+airways+fat", None, PostprocessOptions(**dict(off, remove_airways=True, remove_boundary_fat=True))
         yield "+airways+rim", None, PostprocessOptions(**dict(off, remove_airways=True, boundary_midpoint=True))
-    yield "default (airways, rim, upper islands)", None, PostprocessOptions()
+    yield "default", None, PostprocessOptions()
     yield "default+fat", None, PostprocessOptions(remove_boundary_fat=True)
     for t in thresholds:
         yield f"+airways t={t:g}", t, PostprocessOptions(**dict(off, remove_airways=True))

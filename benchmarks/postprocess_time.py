@@ -1,6 +1,6 @@
 """CPU time of the post-processing on bench.py's 400-slice phantom (lungs by threshold, split by side):
 before issue 11 (no HU-based steps) vs the default without the pleural-lesion step vs the default (airways +
-partial-volume rule + pleural lesions) vs + the boundary-fat rule.
+partial-volume rule + pleural lesions + walled gas) vs + the boundary-fat rule.
 
     python benchmarks/postprocess_time.py
 """
@@ -26,5 +26,6 @@ def t(opts, use_ct, n=3):
     return round(best, 3)
 off = PostprocessOptions(remove_airways=False, boundary_midpoint=False)
 print("before (no HU steps):", t(off, False), "s CPU; default without the pleural step:",
-      t(PostprocessOptions(fill_pleural_lesions=False), True), "s CPU; default with CT:", t(PostprocessOptions(), True),
+      t(PostprocessOptions(fill_pleural_lesions=False), True), "s CPU; default without the walled-gas step:",
+      t(PostprocessOptions(remove_walled_gas=False), True), "s CPU; default with CT:", t(PostprocessOptions(), True),
       "s CPU; + fat rule:", t(PostprocessOptions(remove_boundary_fat=True), True))

@@ -11,6 +11,8 @@ lung (the reference stays as it is)
   * ``hilar tumour``: a 30 mm-radius ball of +40 HU (± 15) centred 10 mm medial to the right lung's
     hilum, half in the lung, half in the mediastinum;
   * ``emphysema``: low-attenuation patches (−980 HU) over ~30 % of the upper half of both lungs;
+  * ``subpleural bulla``: −990 HU in a 20 mm-radius ball centred on the left lung's lateral pleura a
+    quarter of the way up (half walled by the ribs: the walled-gas step must leave it);
 
 not lung (the painted voxels leave the reference)
   * ``effusion``: fluid (+10 HU ± 10) filling the posterior part of the right lung's lowest 40 mm
@@ -21,7 +23,8 @@ not lung (the painted voxels leave the reference)
     base, behind a 4 mm wall.
 
 Per case, change and post-processing variant (``today``: before issue 11; ``default``: airways +
-partial-volume rule + pleural lesions put back (``LungSegLib/core/pleural.py``); ``default+fat``: and the
+partial-volume rule + pleural lesions put back (``LungSegLib/core/pleural.py``) + walled gas removed
+(``LungSegLib/core/boundary.py``); ``default+fat``: and the
 boundary-fat rule): Dice per lung against the expected
 labels, total lung volume change against the same variant unpainted (%), and for the painted region the
 share kept as lung (lung changes) or the mL labelled lung (lookalikes). The cases are the bundled
@@ -48,7 +51,7 @@ from LungSegLib.core.postprocess import PostprocessOptions, postprocess  # noqa:
 from LungSegLib.evaluation.metrics import dice  # noqa: E402
 
 OFF = dict(remove_airways=False, remove_boundary_fat=False, boundary_midpoint=False, upper_island_fraction=0.0,
-           fill_pleural_lesions=False)
+           fill_pleural_lesions=False, remove_walled_gas=False)
 VARIANTS = {"today": PostprocessOptions(**OFF), "default": PostprocessOptions(),
             "default+fat": PostprocessOptions(remove_boundary_fat=True)}
 
@@ -114,6 +117,16 @@ def paints(case: Case, rng: np.random.Generator):
     out = ct.copy()
     out[region] = (-980 + _noise(rng, int(region.sum()), 10)).astype(ct.dtype)
     yield "emphysema (30 % of the upper half)", "lung", out, region
+
+    # a subpleural bulla low in the left lung: air walled half by the ribs, where the walled-gas step looks
+    z = int(zl[len(zl) // 4])
+    rows, cols = np.nonzero(left[z])
+    row = int(np.median(rows))
+    col = int(cols[rows == row].max()) if (rows == row).any() else int(cols.max())
+    region = (_dist_mm(ct.shape, sp, (z, row, col)) <= 20.0) & left
+    out = ct.copy()
+    out[region] = (-990 + _noise(rng, int(region.sum()), 5)).astype(ct.dtype)
+    yield "subpleural bulla (20 mm, lower left lung)", "lung", out, region
 
     # effusion: fluid in the posterior part of the right lung's lowest 40 mm
     n = max(2, int(round(40.0 / sp[0])))

@@ -21,7 +21,7 @@ _IN_PLANE_4[1] = ndimage.generate_binary_structure(2, 1)
 
 @dataclass(frozen=True)
 class PostprocessOptions:
-    """Which clean-up steps to run (all but ``remove_boundary_fat`` and ``remove_walled_gas`` on by default).
+    """Which clean-up steps to run (all but ``remove_boundary_fat`` on by default).
 
     Attributes:
         keep_largest: per lung keep the largest 3-D component and those at least
@@ -46,10 +46,11 @@ class PostprocessOptions:
         fill_pleural_lesions: dense lesions against the rib cage that the network cut out of the lung
             (a concavity of the lung's outer side that opens onto the ribs) are put back
             (:mod:`.pleural`; needs the CT).
-        remove_walled_gas: pure-air pockets (< −950 HU, ≥ 2 mL) labelled lung whose surroundings are
-            mostly soft tissue (stomach/colon gas under a lung base) are not lung
-            (:func:`.boundary.walled_gas`; needs the CT). Off by default: it also takes emphysema
-            against the pleura, and costs up to ~1 s (``benchmarks/results/robustness.md``).
+        remove_walled_gas: pure-air pockets (< −950 HU, ≥ 2 mL) labelled lung in the lower half of the
+            lungs whose surroundings are mostly soft tissue (stomach/colon gas under a lung base) are
+            not lung, nor is the lung-labelled wall around them (:func:`.boundary.walled_gas`; needs
+            the CT). Emphysema and bullae, surrounded by parenchyma even against the pleura, stay lung
+            (``benchmarks/results/robustness.md``).
     """
 
     keep_largest: bool = True
@@ -61,7 +62,7 @@ class PostprocessOptions:
     remove_airways: bool = True
     remove_boundary_fat: bool = False
     boundary_midpoint: bool = True
-    remove_walled_gas: bool = False
+    remove_walled_gas: bool = True
     fill_pleural_lesions: bool = True
 
 
