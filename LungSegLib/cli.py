@@ -252,6 +252,9 @@ def _run_train(args) -> int:
     print(f"Best epoch {result.best_epoch} of {result.epochs_run} ({result.monitor} {result.best_score:.4f}"
           f"{', stopped early' if result.stopped_early else ''}): {result.best_model} + {result.card.name}")
     print(f"Exported weights (to ship or pass to --model): {result.best_weights}")
+    if result.fit_dice:
+        print("Dice on its own training slices: " + ", ".join(f"{k} {v:.3f}" for k, v in result.fit_dice.items())
+              + (" (a lung was not learned: see the warning above)" if result.unlearned else ""))
     return 0
 
 

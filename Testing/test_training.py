@@ -337,3 +337,34 @@ def test_context_model_trains_loads_and_segments(phantom_cases, tmp_path, chest_
         load_model(run / "best.weights.npz")
     assert main(["train", str(phantom_cases), "--out", str(tmp_path / "neg"), "--context-mm", "-2"]) == 3
     assert "--context-mm" in capsys.readouterr().err
+
+
+def test_a_model_that_did_not_learn_a_lung_is_flagged(phantom_cases, tmp_path):
+    """Two steps teach a network nothing: the run says so, and both cards carry the verdict."""
+    from LungSegLib.core.model import load_model
+
+    said = []
+    result = train(phantom_cases, tmp_path / "r", tiny_config(epochs=1, steps_per_epoch=1), verbose=0,
+                   log=said.append)
+    assert result.unlearned and set(result.fit_dice) == {"right", "left"}
+    assert all(result.fit_dice[name] < 0.5 for name in result.unlearned)
+    assert any(line.startswith("WARNING: the kept model did not learn the") and "--seed" in line for line in said)
+    for path in (result.best_model, result.best_weights):
+        training = load_model(path).card["training"]  # still loads: the checksum covers the weights, not the card
+        assert training["not_learned"] == result.unlearned and training["fit_dice"] == result.fit_dice
+
+
+def test_a_model_that_learned_both_lungs_is_not_flagged(phantom_cases, tmp_path, monkeypatch):
+    from LungSegLib.training import train as train_module
+
+    def perfect(model, cases, n_classes, batch_size=8):  # every lung voxel right
+        return {c.case_id: np.array([[100, 100, 100], [80, 80, 80]], dtype=np.int64) for c in cases}
+
+    monkeypatch.setattr(train_module, "validation_counts", perfect)
+    said = []
+    result = train(phantom_cases, tmp_path / "r", tiny_config(epochs=1, steps_per_epoch=1), verbose=0,
+                   log=said.append)
+    assert result.unlearned == [] and result.fit_dice == {"right": 1.0, "left": 1.0}
+    assert not any("WARNING" in line for line in said)
+    card = json.loads(result.card.read_text())
+    assert card["training"]["fit_dice"] == {"right": 1.0, "left": 1.0} and "not_learned" not in card["training"]
