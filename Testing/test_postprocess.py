@@ -46,6 +46,21 @@ def test_swapped_sides_are_fixed():
     assert np.array_equal(fix_left_right(one_lung.copy()), one_lung)  # nothing to compare with
 
 
+@pytest.mark.parametrize("wrong", [RIGHT, LEFT])
+def test_both_lungs_under_one_label_are_split_by_side(wrong):
+    """A network that never learned the sides calls both lungs one of them (and a speck the other)."""
+    labels = two_lungs()
+    one_sided = np.where(labels > 0, wrong, 0).astype(np.uint8)
+    speck = (5, 10, 10) if wrong == LEFT else (5, 10, 50)
+    one_sided[speck] = RIGHT if wrong == LEFT else LEFT
+    out = fix_left_right(one_sided)
+    assert np.array_equal(out[labels > 0], labels[labels > 0])
+    # a single lung (the other removed or collapsed) keeps its label, even with a speck of the other
+    single = np.where(labels == LEFT, LEFT, 0).astype(np.uint8)
+    single[5, 10, 40] = RIGHT
+    assert np.array_equal(fix_left_right(single.copy()), single)
+
+
 def test_enclosed_and_in_plane_holes_are_filled_but_not_over_the_other_lung():
     labels = two_lungs()
     labels[5, 15:18, 12:15] = 0            # a nodule enclosed in 3-D

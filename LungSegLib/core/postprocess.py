@@ -33,7 +33,8 @@ class PostprocessOptions:
             patient); smaller islands that touch the other lung join it, the rest become background.
         fill_holes: fill enclosed holes (vessels, nodules, dense disease) in each lung, in 3-D and in
             every axial slice.
-        fix_sides: make sure label 1 is the lung on the patient's right (smaller column index).
+        fix_sides: make sure label 1 is the lung on the patient's right (smaller column index), and
+            split by side a label that holds both lungs while the other is nearly empty.
         remove_airways: the trachea and main bronchi, found in the CT (:mod:`.airways`), are never
             lung (needs the CT: skipped when :func:`postprocess` gets none).
         remove_boundary_fat: thick fat-density (−150..−50 HU) regions on the lung's outer boundary
@@ -227,8 +228,19 @@ def _within_footprint(comp: np.ndarray, boxes: Sequence[Optional[Tuple[slice, ..
     return within
 
 
+#: One lung label holding both lungs while the other has less than this share of its volume means the
+#: network did not tell the sides apart (a training run that never learned them): sides go by position.
+ONE_SIDED_SHARE = 0.1
+
+
 def fix_left_right(labels: np.ndarray) -> np.ndarray:
-    """Swap labels 1 and 2 in place when the 'right' lung lies to the patient's left of the 'left'."""
+    """Swap labels 1 and 2 in place when the 'right' lung lies to the patient's left of the 'left'; when
+    one label holds both lungs (:func:`holds_two_lungs`) and the other almost nothing, split them by
+    patient side (:func:`split_by_side`). A single lung (the other removed or collapsed) is left as it is."""
+    volumes = sorted(int(np.count_nonzero(labels == lung)) for lung in (RIGHT, LEFT))
+    if volumes[1] and volumes[0] < ONE_SIDED_SHARE * volumes[1] and holds_two_lungs(labels > 0):
+        labels[...] = split_by_side(labels > 0)
+        return labels
     cols = np.arange(labels.shape[2])
     centroid = {}
     for lung in (RIGHT, LEFT):
