@@ -352,6 +352,15 @@ def test_a_model_that_did_not_learn_a_lung_is_flagged(phantom_cases, tmp_path):
     for path in (result.best_model, result.best_weights):
         training = load_model(path).card["training"]  # still loads: the checksum covers the weights, not the card
         assert training["not_learned"] == result.unlearned and training["fit_dice"] == result.fit_dice
+    # and every segmentation with it says so
+    from LungSegLib.core.inference import segment_array
+    from conftest import ChestPhantom
+
+    phantom = ChestPhantom()
+    shape, spacing = (12, 60, 60), (5.0, 6.0, 6.0)
+    geometry = phantom.geometry(shape, spacing)
+    out = segment_array(phantom.ct(geometry, shape), geometry, load_model(result.best_weights))
+    assert any(w.code == "model_not_learned" and "did not learn" in str(w) for w in out.warnings)
 
 
 def test_a_model_that_learned_both_lungs_is_not_flagged(phantom_cases, tmp_path, monkeypatch):

@@ -55,6 +55,7 @@ CODES: Dict[str, str] = {
     "non_finite_voxels": "the image holds NaN or infinite voxels (treated as outside the field of view)",
     "spacing_unusual": "the voxel spacing lies outside the supported range but was accepted",
     "noisy_slices": "slices noisier than the model was trained on were smoothed before segmentation",
+    "model_not_learned": "the model's card says training did not learn a lung (training.not_learned)",
     # run-level (the worker):
     "no_gpu": "a GPU was asked for but TensorFlow sees none; the CPU was used",
 }

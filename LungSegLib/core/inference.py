@@ -438,6 +438,12 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
     if checked is None:
         checked = check_input(volume, geometry, check_hu=check_hu, grid_pixel_mm=model.spec.pixel_mm)
     warnings: List[Finding] = list(checked.warnings)
+    unlearned = (model.card.get("training") or {}).get("not_learned") or []
+    if unlearned:
+        warnings.append(Finding("model_not_learned", f"The model {model.path.name} did not learn the "
+                                + " and the ".join(f"{n} lung" if n != "lung" else n for n in unlearned)
+                                + " in training (its card: training.not_learned): do not rely on these labels; "
+                                "retrain it with another --seed or more --epochs."))
     non_finite = checked.non_finite_voxels
     prepared = prepare_volume(volume, geometry, model.spec)
     orientation = prepared.orientation
