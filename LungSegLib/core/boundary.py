@@ -18,6 +18,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
+from .postprocess import _bbox_slices
+
 
 
 def _clear(labels: np.ndarray, mask: np.ndarray) -> int:
@@ -260,9 +262,9 @@ def walled_gas(labels: np.ndarray, ct: np.ndarray, spacing: Sequence[float],
     in_plane[1] = True
     air = labels[slices[0]:top] > 0
     air &= ct[slices[0]:top] < options.air_hu
-    found = _bbox(air)
-    if found is None:
+    if not air.any():
         return out
+    found = _bbox_slices(air, margin=0)
     # the air's box in the lower slab, widened by the ring (all work below is on this box)
     low = tuple(slice(max(0, s.start + o - m), min(n, s.stop + o + m))
                 for s, o, m, n in zip(found, (slices[0], 0, 0), margin, labels.shape))
@@ -287,17 +289,6 @@ def walled_gas(labels: np.ndarray, ct: np.ndarray, spacing: Sequence[float],
         wall = (dist <= options.skip_px * pixel * 1.5) | ((dist <= shell) & (ct_box > options.tissue_hu))
         out[low][box] |= part | ((labels[low][box] > 0) & wall)
     return out
-
-
-def _bbox(mask: np.ndarray) -> Optional[Tuple[slice, ...]]:
-    """The smallest box holding every True voxel of ``mask``, or None."""
-    out = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if hit.size == 0:
-            return None
-        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(out)
 
 
 def remove_walled_gas(labels: np.ndarray, ct: np.ndarray, spacing: Sequence[float],
