@@ -196,6 +196,9 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--context-mm", type=float, default=0.0,
                    help="also show the network the CT this many mm below and above each slice (two more "
                         "input channels, interpolated between slices; default 0: the slice alone)")
+    p.add_argument("--position-channel", action="store_true",
+                   help="give the network each pixel's left-right position on the body-centred grid as an "
+                        "extra channel, so it need not infer the patient's side from context alone")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default 40; with --resume: new total)")
     p.add_argument("--steps-per-epoch", type=int, default=50, help="batches per epoch (default 50)")
     p.add_argument("--batch-size", type=int, default=TRAIN_BATCH_SIZE,
@@ -244,7 +247,7 @@ def _run_train(args) -> int:
                          steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                          learning_rate=args.lr, patience=args.patience, seed=args.seed,
                          augment=not args.no_augment, max_minutes=args.max_minutes, select=args.select,
-                         init=args.init, context_mm=args.context_mm,
+                         init=args.init, context_mm=args.context_mm, position_channel=args.position_channel,
                          augment_config=RECIPES[args.augmentation])
     verbose = 2 if args.quiet or not sys.stderr.isatty() else 1
     result = train(args.cases_dir, args.out, config, val=args.val, split_file=args.split,

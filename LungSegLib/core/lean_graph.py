@@ -134,6 +134,17 @@ class _LayerConverter:
         if type(layer) is layers.MaxPooling2D and cfg["data_format"] == "channels_last":
             pool, strides, pad = cfg["pool_size"], cfg["strides"], cfg["padding"].upper()
             return lambda x, **_: tf.nn.max_pool2d(x, pool, strides, pad)
+        if type(layer).__name__ == "PositionChannel" and type(layer).__module__ == __package__ + ".unet":
+            from .unet import position_ramp
+
+            width, dtype = layer.input.shape[2], self.dtype
+            ramp = tf.reshape(tf.constant(position_ramp(width)), (1, 1, width, 1))
+
+            def with_position(x, **_):
+                x = tf.cast(x, dtype)
+                shape = tf.shape(x)
+                return tf.concat([x, tf.cast(tf.broadcast_to(ramp, (shape[0], shape[1], width, 1)), dtype)], -1)
+            return with_position
         if type(layer) is layers.Concatenate:
             axis, dtype = cfg["axis"], self.dtype
             return lambda xs, **_: tf.concat([tf.cast(x, dtype) for x in xs], axis)

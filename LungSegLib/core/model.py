@@ -122,6 +122,9 @@ def _keras_file_model(model_path: Path) -> Any:
     """A ``.keras`` checkpoint, deserialised by Keras in safe mode (no code from the file runs)."""
     import keras
 
+    from .unet import position_layer
+
+    position_layer()  # LungSeg's own layer, registered so that safe mode finds it by name
     try:
         return keras.models.load_model(model_path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many types for a bad file

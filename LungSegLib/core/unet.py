@@ -29,6 +29,9 @@ class UNetArchitecture:
         dropout: dropout rate at the bottom (no weights; training only).
         in_channels: input channels: 1 (the slice), or 3 with through-plane context (the card's
             ``input.context_mm``; cards written before it existed mean 1).
+        position_channel: the network appends :class:`PositionChannel` (the model-grid column as a
+            ramp) to its input, so it can tell the patient's right half from the left without
+            inferring it from context (cards written before it existed mean False).
     """
 
     size: int
@@ -38,12 +41,14 @@ class UNetArchitecture:
     batch_norm: bool = True
     dropout: float = 0.0
     in_channels: int = 1
+    position_channel: bool = False
 
     def to_card(self) -> Dict[str, Any]:
         """The card's ``architecture`` fields that rebuild this network."""
         return {"type": "2D U-Net", "builder": BUILDER, "size": self.size, "n_classes": self.n_classes,
                 "base_filters": self.base_filters, "depth": self.depth, "batch_norm": self.batch_norm,
-                "dropout": self.dropout, "in_channels": self.in_channels}
+                "dropout": self.dropout, "in_channels": self.in_channels,
+                "position_channel": self.position_channel}
 
     @classmethod
     def from_card(cls, card: Dict[str, Any], complete: bool = True) -> "UNetArchitecture":
@@ -74,7 +79,8 @@ class UNetArchitecture:
             result = cls(size=int(arch["size"]), n_classes=int(arch["n_classes"]),
                          base_filters=int(arch["base_filters"]), depth=int(arch["depth"]),
                          batch_norm=bool(arch["batch_norm"]), dropout=float(arch["dropout"]),
-                         in_channels=int(arch.get("in_channels", 1)))
+                         in_channels=int(arch.get("in_channels", 1)),
+                         position_channel=bool(arch.get("position_channel", False)))
         except (TypeError, ValueError) as exc:
             raise ModelError(f"The model card's architecture is invalid: {exc}") from exc
         if result.n_classes not in (1, 3) or result.base_filters < 1 or result.depth < 1 \
@@ -92,14 +98,62 @@ class UNetArchitecture:
         """The Keras model (freshly initialised weights)."""
         return build_unet(size=self.size, n_classes=self.n_classes, base_filters=self.base_filters,
                           depth=self.depth, batch_norm=self.batch_norm, dropout=self.dropout, name=name,
-                          in_channels=self.in_channels)
+                          in_channels=self.in_channels, position_channel=self.position_channel)
+
+
+#: ``PositionChannel``'s registered Keras name (``package>name``): ``.keras`` files refer to it.
+_KERAS_PACKAGE = "LungSeg"
+
+
+def position_layer():
+    """:class:`PositionChannel`, defined (and registered for safe-mode loading) on first use, so that
+    importing this module does not import Keras."""
+    global PositionChannel
+    if PositionChannel is not None:
+        return PositionChannel
+    import keras
+
+    @keras.saving.register_keras_serializable(package=_KERAS_PACKAGE, name="PositionChannel")
+    class PositionChannel(keras.layers.Layer):
+        """Appends one channel to a ``[B, H, W, C]`` slice batch: the column's position across the
+        width, from -1 (first column) to +1 (last), the same in every row and every slice.
+
+        On the body-centred canonical model grid (columns run towards the patient's left) the sign
+        says which half of the body a pixel is in. The training mirror swaps the lung labels, so a
+        network without this cue must work out the side from context alone, and some seeds never
+        do (``benchmarks/results/lopo/seed2``). It has no weights.
+        """
+
+        def compute_output_shape(self, input_shape):
+            return tuple(input_shape[:-1]) + (None if input_shape[-1] is None else input_shape[-1] + 1,)
+
+        def call(self, x):
+            from keras import ops
+
+            width = x.shape[2]
+            ramp = ops.cast(ops.reshape(ops.linspace(-1.0, 1.0, width), (1, 1, width, 1)), x.dtype)
+            shape = ops.shape(x)
+            return ops.concatenate([x, ops.broadcast_to(ramp, (shape[0], shape[1], width, 1))], axis=-1)
+
+    return PositionChannel
+
+
+#: Set by :func:`position_layer` (the Keras layer class), None before Keras is needed.
+PositionChannel = None
+
+
+def position_ramp(width: int):
+    """The values :class:`PositionChannel` appends, per column (float32, -1 .. +1)."""
+    import numpy as np
+
+    return np.linspace(-1.0, 1.0, width, dtype=np.float32)
 
 
 def build_unet(size: int = 256, n_classes: int = 3, base_filters: int = 16, depth: int = 4,
                batch_norm: bool = True, dropout: float = 0.0, name: Optional[str] = None,
-               in_channels: int = 1):
+               in_channels: int = 1, position_channel: bool = False):
     """A U-Net for ``size`` x ``size`` slices of ``in_channels`` channels (the slice, or the slice with
-    the CT below and above it).
+    the CT below and above it); ``position_channel`` appends :class:`PositionChannel` to the input.
 
     Each level is two 3x3 convolutions (+ BatchNormalization) and ReLU; ``depth`` 2x poolings, filters
     doubling from ``base_filters``; the decoder upsamples with 2x2 transposed convolutions and
@@ -123,7 +177,7 @@ def build_unet(size: int = 256, n_classes: int = 3, base_filters: int = 16, dept
         return x
 
     inputs = keras.Input((size, size, in_channels), name="ct")
-    x = inputs
+    x = position_layer()(name="position")(inputs) if position_channel else inputs
     skips = []
     for level in range(depth):
         x = block(x, base_filters * 2 ** level, f"enc{level}")

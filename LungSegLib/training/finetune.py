@@ -47,6 +47,7 @@ def initial_model(init: str, config) -> Any:
     arch = loaded.card.get("architecture") or {}
     config.base_filters = int(arch.get("base_filters", config.base_filters))
     config.depth = int(arch.get("depth", config.depth))
+    config.position_channel = bool(arch.get("position_channel", False))
     # a fresh copy: the loaded model may be shared (and compiled) elsewhere in this process
     model = keras.Model.from_config(source.get_config())
     model.set_weights(source.get_weights())

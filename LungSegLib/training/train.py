@@ -47,7 +47,8 @@ class TrainConfig:
     (the monitored score) or "last" (when the validation cases are really a test set, as in
     leave-one-patient-out, choosing an epoch on them would flatter the score). ``init`` starts from
     existing weights ("bundled" or a model path; :mod:`.finetune`) instead of random ones; the
-    input grid and architecture then come from that model."""
+    input grid and architecture then come from that model. ``position_channel`` gives the network the
+    column position as an extra channel (:class:`LungSegLib.core.unet.PositionChannel`)."""
 
     n_classes: int = 3
     loss: str = "ce_dice"
@@ -68,6 +69,7 @@ class TrainConfig:
     pixel_mm: float = GRID_PIXEL_MM
     hu_window: Tuple[float, float] = HU_WINDOW
     context_mm: float = 0.0
+    position_channel: bool = False
     init: str = ""
     augment_config: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -277,7 +279,8 @@ class _Run:
                                        + ("; channels: the CT context_mm below, the slice, the CT context_mm "
                                           "above (interpolated between slices)" if cfg.context_mm else "")},
             "architecture": dict(UNetArchitecture(cfg.size, cfg.n_classes, cfg.base_filters, cfg.depth,
-                                                  in_channels=cfg.spec.channels).to_card(),
+                                                  in_channels=cfg.spec.channels,
+                                                  position_channel=cfg.position_channel).to_card(),
                                  parameters=int(keras_model.count_params()),
                                  gflop_per_slice=round(count_flops(keras_model) / 1e9, 3)),
             "training": {"loss": cfg.loss, "optimizer": "Adam", "learning_rate": cfg.learning_rate,
@@ -365,9 +368,10 @@ def _starting_model(run_dir: Path, config: TrainConfig, state: Dict, resume: boo
     """The network to train: the last checkpoint (resume), the ``init`` weights, or a new U-Net."""
     import keras
 
-    from ..core.unet import build_unet
+    from ..core.unet import build_unet, position_layer
 
     if resume:
+        position_layer()  # registered before Keras looks the layer up in the file
         keras_model = keras.models.load_model(run_dir / "last.keras", compile=True, safe_mode=True)
         log(f"Resuming {run_dir} after epoch {state['epoch']}")
         return keras_model
@@ -377,7 +381,7 @@ def _starting_model(run_dir: Path, config: TrainConfig, state: Dict, resume: boo
     else:
         keras_model = build_unet(size=config.size, n_classes=config.n_classes,
                                  base_filters=config.base_filters, depth=config.depth,
-                                 in_channels=config.spec.channels)
+                                 in_channels=config.spec.channels, position_channel=config.position_channel)
     _compile(keras_model, config)
     return keras_model
 
