@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .defaults import BATCH_SIZE, GRID_PIXEL_MM, MAX_BATCH_SIZE
+from .defaults import BATCH_SIZE, DEFAULT_PRECISION, GRID_PIXEL_MM, MAX_BATCH_SIZE
 from .errors import ModelError, OutputError, PlausibilityError, UsageError
 from .core.geometry import Geometry
 from .core.imageio import read_ct
@@ -47,9 +47,9 @@ class LungSegmenter:
         postprocess: run the clean-up (largest components, hole filling, side check); or give
             :class:`PostprocessOptions` to choose steps.
         check_hu: refuse images that do not look like Hounsfield units.
-        compute_dtype: ``"float32"`` (default), ``"bfloat16"`` for the network's hidden layers (about
-            twice as fast on CPUs with AVX512_BF16/AMX) or ``"auto"`` (bfloat16 where the CPU has it);
-            see :func:`inference.segment_array`.
+        compute_dtype: ``"auto"`` (default: bfloat16 hidden layers where the CPU has AVX512_BF16/AMX,
+            float32 elsewhere), ``"float32"`` (exact everywhere) or ``"bfloat16"``; see
+            :func:`inference.segment_array`.
         review: also give the clinician's review aids in each result: per-slice network confidence
             (``result.confidence``), the density measures (``result.measures``) and the ranked
             "review these slices" list (``result.review``); see :mod:`LungSegLib.core.review`.
@@ -61,7 +61,7 @@ class LungSegmenter:
 
     def __init__(self, model: Union[None, str, os.PathLike, LoadedModel] = None, *, batch_size: int = BATCH_SIZE,
                  threads: Optional[int] = None, postprocess: Union[bool, PostprocessOptions] = True,
-                 check_hu: bool = True, compute_dtype: str = "float32", review: bool = False,
+                 check_hu: bool = True, compute_dtype: str = DEFAULT_PRECISION, review: bool = False,
                  flip: bool = False, lazy: bool = False):
         self._threads = threads
         self.threads = int(threads or available_cores())

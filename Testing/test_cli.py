@@ -137,16 +137,31 @@ def test_segment_a_dicom_folder(chest_phantom, oracle_model_path, write_series, 
     assert centroid_lps(labels == 1, lps)[0] < chest_phantom.center[0] < centroid_lps(labels == 2, lps)[0]
 
 
-@pytest.mark.parametrize("precision", ["bfloat16", "auto"])
+@pytest.mark.parametrize("precision", ["bfloat16", "auto", None])
 def test_precision_option_keeps_the_labels(phantom_ct, oracle_model_path, tmp_path, capsys, precision):
     reference, out = tmp_path / "f32.nrrd", tmp_path / "other.nrrd"
     base = ["segment", phantom_ct, "--model", oracle_model_path, "--quiet"]
-    assert run_cli(base[:2] + [reference] + base[2:], capsys)[0] == 0
-    code, _, err = run_cli(base[:2] + [out] + base[2:] + ["--precision", precision], capsys)
+    assert run_cli(base[:2] + [reference] + base[2:] + ["--precision", "float32"], capsys)[0] == 0
+    code, _, err = run_cli(base[:2] + [out] + base[2:] + ([] if precision is None else ["--precision", precision]),
+                           capsys)
     assert code == 0, err
     a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in (reference, out))
     assert (a > 0).sum() > 100
     assert np.mean(a == b) > 0.99
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_default_precision_is_bfloat16_only_where_the_cpu_has_it(phantom_ct, oracle_model_path, tmp_path, capsys,
+                                                                 monkeypatch, native):
+    """The default (auto) resolves per CPU, and the JSON report says which arithmetic ran."""
+    from LungSegLib.core import inference
+
+    monkeypatch.setattr(inference, "native_bfloat16", lambda: native)
+    report = tmp_path / "report.json"
+    code, _, err = run_cli(["segment", phantom_ct, tmp_path / "x.nrrd", "--model", oracle_model_path, "--quiet",
+                            "--report", report], capsys)
+    assert code == 0, err
+    assert json.loads(report.read_text())["precision"] == ("bfloat16" if native else "float32")
 
 
 def test_unknown_precision_is_a_usage_error(phantom_ct, tmp_path):

@@ -155,8 +155,12 @@ def cpu_flags() -> List[str]:
     return []
 
 
+def has_bf16_flags(flags) -> bool:
+    return any(f in ("avx512_bf16", "amx_bf16") for f in flags)
+
+
 def has_bf16() -> bool:
-    return any(f in ("avx512_bf16", "amx_bf16") for f in cpu_flags())
+    return has_bf16_flags(cpu_flags())
 
 
 # --- child processes --------------------------------------------------------------------------
@@ -307,7 +311,7 @@ def worker_run(opts: argparse.Namespace) -> Dict[str, Any]:
     from LungSegLib.core.geometry import Geometry
     from LungSegLib.core.unet import count_flops
 
-    extra = {} if opts.compute_dtype == "float32" else {"compute_dtype": opts.compute_dtype}
+    extra = {"compute_dtype": opts.compute_dtype}  # explicit: the library's default is "auto"
     segmenter = LungSegmenter(opts.model, batch_size=opts.batch_size, threads=opts.threads, **extra)
     flops = count_flops(segmenter.model.keras_model)
     image = read_ct(opts.input)
@@ -445,7 +449,9 @@ def markdown(report: Dict[str, Any]) -> str:
                          f"{lv['gflops']:.0f} | {100 * lv['gflops'] / peak:.0f}% |")
     target = report.get("target")
     if target:
-        lines += ["", f"## Targets ({TARGET_SLICES}-slice CT, float32 unless said, this machine)", ""]
+        default = "bfloat16" if m.get("cpu_flags") and has_bf16_flags(m["cpu_flags"]) else "float32"
+        lines += ["", f"## Targets ({TARGET_SLICES}-slice CT, float32 unless said, this machine; LungSeg's default "
+                  f"precision, auto, is {default} here)", ""]
         for key, label, fmt in (("total_s", "end to end", "{:.2f} s"), ("peak_rss_mb", "peak RSS", "{:.0f} MB"),
                                 ("network_peak_fraction", "U-Net share of the matmul peak", "{:.0%}")):
             t = target[key]
@@ -458,7 +464,7 @@ def markdown(report: Dict[str, Any]) -> str:
                 lines.append(f"- real anatomy ({r['input']}): end to end {r['median_s']['total']:.2f} s "
                              f"(post-processing {r['median_s']['postprocess']:.2f} s), peak RSS {r['peak_rss_mb']:.0f} MB")
         for r in report["inputs"]:
-            if r.get("compute_dtype") == "bfloat16":
+            if r.get("compute_dtype") == "bfloat16" and r["slices"] == TARGET_SLICES:
                 lines.append(f"- with bfloat16 hidden layers ({r['input']}): end to end "
                              f"{r['median_s']['total']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB, network at "
                              f"{r['network_peak_fraction']:.0%} of the float32 matmul peak")

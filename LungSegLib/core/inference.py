@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ..defaults import BATCH_SIZE, GRID_PIXEL_MM, PRECISIONS
+from ..defaults import BATCH_SIZE, DEFAULT_PRECISION, GRID_PIXEL_MM, PRECISIONS
 from ..errors import Cancelled, InputError
 from ..labels import MAX_LABEL, volume_names
 from .counts import label_counts
@@ -132,6 +132,8 @@ class SegmentationResult:
     #: input slices (index along the axial axis) that were smoothed for noise, with their noise (HU SD on
     #: the model grid), when they are single slices rather than the whole scan (see :func:`noise_findings`)
     noisy_slices: Dict[int, float] = field(default_factory=dict)
+    #: the network's arithmetic that ran ("float32" or "bfloat16"; ``compute_dtype="auto"`` resolved)
+    precision: str = "float32"
 
     def volumes_ml(self) -> Dict[str, float]:
         """Lung volumes in mL."""
@@ -399,7 +401,7 @@ def noise_findings(prepared: PreparedVolume, n_slices: int, flipped: bool) -> Tu
 def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
                   batch_size: int = BATCH_SIZE, postprocess_options: Optional[PostprocessOptions] = PostprocessOptions(),
                   check_hu: bool = True, progress: Optional[ProgressCallback] = None,
-                  cancel: CancelFlag = None, compute_dtype: str = "float32",
+                  cancel: CancelFlag = None, compute_dtype: str = DEFAULT_PRECISION,
                   confidence: Optional[ConfidenceOptions] = None,
                   checked: Optional["InputCheck"] = None) -> SegmentationResult:
     """Segment the lungs in a CT volume.
@@ -413,9 +415,10 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
         check_hu: refuse inputs that do not look like Hounsfield units.
         progress: called with (slices done, total) after every batch; reaches total once.
         cancel: a ``threading.Event`` or a callable; checked between batches, raises :class:`Cancelled`.
-        compute_dtype: ``"float32"``, or ``"bfloat16"`` for the network's hidden layers (about twice as
-            fast on CPUs with AVX512_BF16 or AMX, slower elsewhere; check the Dice of your model with
-            it first), or ``"auto"``: bfloat16 where the CPU has it natively.
+        compute_dtype: ``"auto"`` (default): bfloat16 for the network's hidden layers where the CPU
+            multiplies it natively (AVX512_BF16 or AMX: 30-40 % less network time), float32 elsewhere;
+            ``"float32"``: the same labels on every machine; ``"bfloat16"``: always (slower than float32
+            on CPUs without it). ``result.precision`` says which ran.
         checked: the result of :func:`check_input` on this volume when the caller ran it already
             (before loading the model, as ``segment_file`` does); None runs it here.
         confidence: collect per-slice network confidence (and with ``flip=True`` average in the
@@ -460,7 +463,7 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
         clear_non_finite(volume, labels)  # outside the field of view: never lung, whatever the clean-up
     noise_warnings, noisy = noise_findings(prepared, canonical_labels.shape[0], orientation.flips[0])
     warnings += noise_warnings + result_findings(labels, geometry)
-    result = SegmentationResult(labels, geometry, timings, warnings, noisy_slices=noisy)
+    result = SegmentationResult(labels, geometry, timings, warnings, noisy_slices=noisy, precision=compute_dtype)
     if scorer is not None:
         result.confidence = scorer.result(orientation.axes[0], orientation.flips[0])
     return result
