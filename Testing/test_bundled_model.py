@@ -78,6 +78,10 @@ def test_the_default_augmentation_is_the_bundled_models_recipe():
             assert (list(value) if isinstance(value, tuple) else value) == recorded[name], name
         elif name.startswith("p_") or isinstance(value, bool):  # a switch, not the strength behind one
             assert not value, f"{name} is on by default but the bundled model was trained without it"
+    # and the network `lungseg train` builds by default is the bundled one
+    from LungSegLib.training.train import TrainConfig
+
+    assert TrainConfig().position_channel == UNetArchitecture.from_card(card).position_channel
 
 
 def test_the_card_names_the_recipe_and_the_code_that_trained_the_weights():
