@@ -196,9 +196,11 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--context-mm", type=float, default=0.0,
                    help="also show the network the CT this many mm below and above each slice (two more "
                         "input channels, interpolated between slices; default 0: the slice alone)")
-    p.add_argument("--position-channel", action="store_true",
+    p.add_argument("--position-channel", action=argparse.BooleanOptionalAction, default=True,
                    help="give the network each pixel's left-right position on the body-centred grid as an "
-                        "extra channel, so it need not infer the patient's side from context alone")
+                        "extra channel (default), so it need not infer the patient's side from context alone; "
+                        "--no-position-channel trains the network of LungSeg 0.x models (it failed to learn the "
+                        "sides with one seed in three)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default 40; with --resume: new total)")
     p.add_argument("--steps-per-epoch", type=int, default=50, help="batches per epoch (default 50)")
     p.add_argument("--batch-size", type=int, default=TRAIN_BATCH_SIZE,

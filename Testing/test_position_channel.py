@@ -146,7 +146,7 @@ def test_the_side_is_learned_from_the_position_channel_alone():
     assert min(without) < 0.6, without
 
 
-def test_cli_train_records_the_option_and_fine_tuning_keeps_it(tmp_path, chest_phantom):
+def test_cli_train_has_it_by_default_and_fine_tuning_keeps_what_the_model_has(tmp_path, chest_phantom):
     from LungSegLib.cli import main
 
     from test_training import write_case
@@ -157,16 +157,19 @@ def test_cli_train_records_the_option_and_fine_tuning_keeps_it(tmp_path, chest_p
     common = [str(cases), "--val", "p2", "--base-filters", "4", "--depth", "2", "--epochs", "1",
               "--steps-per-epoch", "1", "--batch-size", "2", "--quiet"]
     run = tmp_path / "pos"
-    assert main(["train", "--out", str(run), "--position-channel"] + common) == 0
+    assert main(["train", "--out", str(run)] + common) == 0
     config = json.loads((run / "config.json").read_text())["config"]
     assert config["position_channel"] is True
     for name in ("best.keras", "best.weights.npz"):
         loaded = load_model(run / name)
         assert loaded.card["architecture"]["position_channel"] is True
         assert loaded.keras_model.get_layer("position") is not None
-    tuned = tmp_path / "tuned"  # --init takes the architecture from the model, position channel included
-    assert main(["train", "--out", str(tuned), "--init", str(run / "best.weights.npz")] + common) == 0
-    assert load_model(tuned / "best.weights.npz").card["architecture"]["position_channel"] is True
     plain = tmp_path / "plain"
-    assert main(["train", "--out", str(plain)] + common) == 0
+    assert main(["train", "--out", str(plain), "--no-position-channel"] + common) == 0
     assert load_model(plain / "best.weights.npz").card["architecture"]["position_channel"] is False
+    assert json.loads((plain / "config.json").read_text())["config"]["position_channel"] is False
+    # --init takes the architecture from the model, with or without the channel, whatever the flag says
+    for source, expected in ((run, True), (plain, False)):
+        tuned = tmp_path / f"tuned-{expected}"
+        assert main(["train", "--out", str(tuned), "--init", str(source / "best.weights.npz")] + common) == 0
+        assert load_model(tuned / "best.weights.npz").card["architecture"]["position_channel"] is expected

@@ -10,9 +10,9 @@
 #
 # LUNGSEG_DATA_DIR defaults to ../shared/data (next to the repository clone); RUNS to /tmp/lungseg_runs.
 # The recipe's schedule and input: EPOCHS (of 50 steps; default 16: the bundled model's schedule, trained with
-# `final` at commit 50463a7; today's default augmentation draws the same slices, see its card), CONTEXT_MM
-# (default 0: one slice; > 0 adds the CT that far below/above as channels), AUGMENTATION (default bundled;
-# extended: the later candidate), POSITION_CHANNEL (1: `--position-channel`) and SEED (default 0). Recipe
+# `final`; its card names the commit), CONTEXT_MM (default 0: one slice; > 0 adds the CT that far below/above
+# as channels), AUGMENTATION (default bundled; extended: the later candidate), POSITION_CHANNEL (default 1;
+# 0: `--no-position-channel`, the network of the models before stop 14) and SEED (default 0). Recipe
 # comparisons run the folds into another LOPO_OUT (default benchmarks/results/lopo), e.g. EPOCHS=64
 # LOPO_OUT=.../lopo_e64.
 set -euo pipefail
@@ -24,12 +24,12 @@ PYTHON="${PYTHON:-python}"
 EPOCHS="${EPOCHS:-16}"
 CONTEXT_MM="${CONTEXT_MM:-0}"
 AUGMENTATION="${AUGMENTATION:-bundled}"
-POSITION_CHANNEL="${POSITION_CHANNEL:-0}"
+POSITION_CHANNEL="${POSITION_CHANNEL:-1}"
 SEED="${SEED:-0}"
 LOPO_OUT="${LOPO_OUT:-benchmarks/results/lopo}"
 RECIPE=(--classes 3 --loss ce_dice --base-filters 8 --depth 4 --batch-size 8 --steps-per-epoch 50 --seed "$SEED"
         --epochs "$EPOCHS" --context-mm "$CONTEXT_MM" --augmentation "$AUGMENTATION" --cache-dir "$RUNS/cache" --quiet)
-if [ "$POSITION_CHANNEL" = 1 ]; then RECIPE+=(--position-channel); fi
+if [ "$POSITION_CHANNEL" = 0 ]; then RECIPE+=(--no-position-channel); fi
 export TF_CPP_MIN_LOG_LEVEL=2
 
 case "${1:-final}" in

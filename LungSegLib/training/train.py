@@ -47,8 +47,9 @@ class TrainConfig:
     (the monitored score) or "last" (when the validation cases are really a test set, as in
     leave-one-patient-out, choosing an epoch on them would flatter the score). ``init`` starts from
     existing weights ("bundled" or a model path; :mod:`.finetune`) instead of random ones; the
-    input grid and architecture then come from that model. ``position_channel`` gives the network the
-    column position as an extra channel (:class:`LungSegLib.core.unet.PositionChannel`)."""
+    input grid and architecture then come from that model. ``position_channel`` (default) gives the network the
+    column position as an extra channel (:class:`LungSegLib.core.unet.PositionChannel`): without it, one seed in
+    three never learned the sides (``benchmarks/results/lopo_position/``)."""
 
     n_classes: int = 3
     loss: str = "ce_dice"
@@ -69,7 +70,7 @@ class TrainConfig:
     pixel_mm: float = GRID_PIXEL_MM
     hu_window: Tuple[float, float] = HU_WINDOW
     context_mm: float = 0.0
-    position_channel: bool = False
+    position_channel: bool = True
     init: str = ""
     augment_config: AugmentConfig = field(default_factory=AugmentConfig)
 
