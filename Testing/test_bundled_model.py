@@ -58,8 +58,9 @@ def test_bundled_model_is_exported_weights_with_a_complete_card():
     card = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
     assert path.suffix == ".npz" and card["file"] == path.name and card["sha256"] == sha256_of(path)
     assert card["weights_format"] == WEIGHTS_FORMAT and tuple(card["classes"]) == CLASS_NAMES
-    assert UNetArchitecture.from_card(card) == UNetArchitecture(size=256, n_classes=3, base_filters=8, depth=4)
-    assert card["architecture"]["parameters"] == 487899
+    assert UNetArchitecture.from_card(card) == UNetArchitecture(size=256, n_classes=3, base_filters=8, depth=4,
+                                                                position_channel=True)
+    assert card["architecture"]["parameters"] == 487971
     assert not list((REPO / "Resources" / "Models").glob("*.keras"))  # one copy, one format
 
 

@@ -36,17 +36,27 @@ case "${1:-final}" in
   final)
     # All cases, no validation: the cosine schedule over EPOCHS x 50 steps, run to the end (no time cap,
     # the same schedule as each LOPO fold; 16 epochs take ~12 minutes on 2 idle cores).
+    # The commit whose code trains it goes into the card at install (a modified checkout is refused: the card
+    # must name code anyone can check out).
+    if [ -n "$(git status --porcelain -- LungSegLib)" ]; then
+      echo "LungSegLib has uncommitted changes: commit them first, the card names the training commit" >&2; exit 2
+    fi
+    commit=$(git rev-parse HEAD)
     $LUNGSEG train "$DATA" --out "$RUNS/bundled" "${RECIPE[@]}" --patience 0 --max-minutes 0
+    echo "$commit" > "$RUNS/bundled/code_commit"
     ;;
   install)
     # The run's exported weights (best.weights.npz: named arrays, loadable by every supported Keras) become
     # the bundled model; its card gets the data licences (see the data README).
     cp "$RUNS/bundled/best.weights.npz" Resources/Models/lungseg_unet_3class.npz
-    $PYTHON - "$RUNS/bundled/best.weights.json" <<'PY'
+    $PYTHON - "$RUNS/bundled/best.weights.json" "$(cat "$RUNS/bundled/code_commit")" "$EPOCHS" <<'PY'
 import json, sys
 from LungSegLib.core.model import BUNDLED_MODEL, models_dir, write_card
 card = json.load(open(sys.argv[1]))
+commit, epochs = sys.argv[2], sys.argv[3]
 card["name"] = "lungseg_unet_3class"
+card["training"]["code_commit"] = commit
+card["training"]["command"] = f"git checkout {commit[:7]} && EPOCHS={epochs} benchmarks/train_bundled.sh final"
 card["data"]["cases_dir"] = "shared/data/cases (3 clinical chest CTs with radiotherapy lung contours)"
 card["data"]["sources"] = {
     "LUNG1-001, LUNG1-002": "NSCLC-Radiomics (TCIA), CC BY-NC 3.0; Aerts et al., Nat Commun 5:4006 (2014), "
