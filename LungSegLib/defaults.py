@@ -44,8 +44,8 @@ FORMATS: Tuple[str, ...] = ("seg.nrrd", "nrrd", "nii.gz", "nii", "mha", "dcm")
 #: Arithmetic of the network's hidden layers.
 PRECISIONS: Tuple[str, ...] = ("float32", "bfloat16", "auto")
 #: The default: bfloat16 hidden layers where the CPU multiplies bfloat16 natively (AVX512_BF16 / AMX: about
-#: 30-40 % less network time, labels equal to float32's in 99.998 % of voxels and the same Dice to three
-#: decimals on the shared cases, ``benchmarks/results/precision.md``), float32 elsewhere.
+#: 40 % less network time, labels equal to float32's in 99.998 % of voxels and the same Dice to three
+#: decimals on the shared cases, ``benchmarks/results/bench_400_stop14.md``), float32 elsewhere.
 DEFAULT_PRECISION = "auto"
 #: ``lungseg train --loss``: cross-entropy + Dice (the default, first), cross-entropy, Dice, binary CE
 #: (one-class models); :class:`LungSegLib.training.losses.SegmentationLoss` implements each.
