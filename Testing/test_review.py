@@ -61,8 +61,8 @@ def corrupted_sample_unsmoothed():
 
 def test_confidence_is_lower_on_corrupted_slices(corrupted_sample_unsmoothed):
     """The network's own signal: fed the noisy slices as they are, it is less sure there than on the median
-    clean slice. Only a little for the 16-epoch model (0.91 against 0.93 at 300 HU; the former 64-epoch model
-    dropped below every clean slice), which is why the input preparation measures the noise itself and names
+    clean slice. Only a little for the 16-epoch models (0.91 against 0.93 at 300 HU for stop 13's; the former
+    64-epoch model dropped below every clean slice), which is why the input preparation measures the noise itself and names
     those slices for review (``test_a_noisy_slice_is_segmented_right_or_flagged``)."""
     _, result = corrupted_sample_unsmoothed
     assert not result.noisy_slices and "noisy_slices" not in {w.code for w in result.warnings}
@@ -115,7 +115,7 @@ def test_a_noisy_slice_is_segmented_right_or_flagged(clean_sample, sd_hu):
 @pytest.mark.parametrize("grain_px, sd_hu, min_dice", [(0.0, 150, 0.95), (1.0, 200, 0.9)])
 def test_a_noisy_scan_is_smoothed_throughout_and_said_once(clean_sample, grain_px, sd_hu, min_dice):
     """Noise everywhere is the scan's, not a corrupted slice: fine-grained (a sharp kernel) or coarse (a
-    low-dose soft-kernel scan; the bundled model alone finds Dice 0.69 here), every slice is smoothed, the
+    low-dose soft-kernel scan; the bundled model of stop 13 alone found Dice 0.69 here), every slice is smoothed, the
     lungs are found about as on the clean CT, and one warning says so (no per-slice items)."""
     from scipy import ndimage
 
@@ -135,10 +135,18 @@ def test_a_noisy_scan_is_smoothed_throughout_and_said_once(clean_sample, grain_p
     assert not any(w.code == "noisy_slices" for w in clean.warnings)  # the clean sample is never smoothed
 
 
-def test_without_smoothing_the_noisy_slices_are_listed_for_low_confidence(corrupted_sample_unsmoothed):
+def test_without_smoothing_a_noisy_slice_is_right_or_listed_for_low_confidence(corrupted_sample_unsmoothed,
+                                                                               clean_sample):
+    """What the network alone makes of a 300 HU slice depends on the training run (the model of stop 13 lost
+    half of the lung there and was unsure, the bundled one finds Dice 0.97): either way it is never wrong
+    without saying so."""
     _, result = corrupted_sample_unsmoothed
+    clean = clean_sample[3]
     low = {it.slice_index for it in result.review if it.reason == "low_confidence"}
-    assert set(NOISY) & low, low
+    for k in NOISY:
+        a, b = result.labels[k] > 0, clean.labels[k] > 0
+        dice = 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
+        assert dice >= 0.9 or k in low, (k, dice, low)
 
 
 def test_review_list_names_the_corrupted_slices(corrupted_sample):
