@@ -173,3 +173,27 @@ def test_cli_train_has_it_by_default_and_fine_tuning_keeps_what_the_model_has(tm
         tuned = tmp_path / f"tuned-{expected}"
         assert main(["train", "--out", str(tuned), "--init", str(source / "best.weights.npz")] + common) == 0
         assert load_model(tuned / "best.weights.npz").card["architecture"]["position_channel"] is expected
+
+
+def test_test_time_flip_keeps_the_sides_of_a_position_channel_model(sample_ct_crop):
+    """The flip pass mirrors the CT but not the position ramp (the layer makes it inside the network), so
+    its "right lung" is still the lung on the patient's right: averaged with the plain pass, the labels
+    stay the plain pass's. The bundled model has the channel."""
+    import SimpleITK as sitk
+
+    from LungSegLib.core.confidence import ConfidenceOptions
+    from LungSegLib.core.geometry import Geometry
+    from LungSegLib.core.inference import segment_array
+
+    bundled = load_model()
+    assert bundled.card["architecture"]["position_channel"] is True
+    image = sitk.ReadImage(str(sample_ct_crop))
+    ct, geometry = sitk.GetArrayFromImage(image), Geometry.from_sitk(image)
+    plain = segment_array(ct, geometry, bundled, compute_dtype="float32")
+    flipped = segment_array(ct, geometry, bundled, compute_dtype="float32",
+                            confidence=ConfidenceOptions(flip=True, flip_all=True))
+    assert (plain.labels == 1).sum() > 1000 and (plain.labels == 2).sum() > 1000
+    for lung in (1, 2):
+        a, b = plain.labels == lung, flipped.labels == lung
+        assert 2.0 * (a & b).sum() / (a.sum() + b.sum()) > 0.97, lung
+    assert np.nanmax(flipped.confidence.stats["flip_disagreement_px"]) < 0.05 * (plain.labels > 0).sum()
