@@ -21,19 +21,11 @@ from LungSegLib.labels import CLASS_NAMES  # noqa: E402
 from LungSegLib.training.export import export_model  # noqa: E402
 
 from conftest import REPO_ROOT  # noqa: E402
+from test_weights import randomised  # noqa: E402
 
 ARCH = UNetArchitecture(size=32, n_classes=3, base_filters=4, depth=2, position_channel=True)
 CARD = {"name": "tiny-position", "classes": list(CLASS_NAMES), "architecture": ARCH.to_card(),
         "input": {"size": 32, "pixel_mm": 6.0, "hu_window": [-1024.0, 600.0]}}
-
-
-def randomised(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        shape = tuple(variable.shape)
-        values = rng.uniform(0.5, 1.5, shape) if "variance" in variable.name else rng.normal(0, 0.3, shape)
-        variable.assign(values.astype("float32"))
-    return model
 
 
 def batch(seed=1, n=3):
