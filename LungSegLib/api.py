@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .defaults import BATCH_SIZE, DEFAULT_PRECISION, GRID_PIXEL_MM, MAX_BATCH_SIZE
+from .defaults import BATCH_SIZE, DEFAULT_PRECISION, GRID_PIXEL_MM, MAX_BATCH_SIZE, SLICE_STEP_MM
 from .errors import ModelError, OutputError, PlausibilityError, UsageError
 from .core.geometry import Geometry
 from .core.imageio import read_ct
@@ -57,12 +57,15 @@ class LungSegmenter:
             (a second network pass) and report the two passes' agreement; implies the confidence.
         lazy: load the model (and start TensorFlow, a few seconds) at its first use instead of now, so
             that :meth:`segment_file` refuses a bad input or output first.
+        slice_step_mm: the network runs on axial slices at most this far apart (mm) and the thinner ones
+            between are interpolated (default :data:`LungSegLib.defaults.SLICE_STEP_MM`); 0 runs every
+            slice. The review and the flip score every slice, so they run every slice.
     """
 
     def __init__(self, model: Union[None, str, os.PathLike, LoadedModel] = None, *, batch_size: int = BATCH_SIZE,
                  threads: Optional[int] = None, postprocess: Union[bool, PostprocessOptions] = True,
                  check_hu: bool = True, compute_dtype: str = DEFAULT_PRECISION, review: bool = False,
-                 flip: bool = False, lazy: bool = False):
+                 flip: bool = False, lazy: bool = False, slice_step_mm: float = SLICE_STEP_MM):
         self._threads = threads
         self.threads = int(threads or available_cores())
         self._model_source = model
@@ -80,6 +83,9 @@ class LungSegmenter:
         self.compute_dtype = compute_dtype
         self.review = bool(review)
         self.flip = bool(flip)
+        from .core.inference import checked_step
+
+        self.slice_step_mm = checked_step(slice_step_mm)
 
     def load_model(self) -> LoadedModel:
         """Load the model now (starting TensorFlow); a ``lazy`` segmenter does it at its first use."""
@@ -125,7 +131,7 @@ class LungSegmenter:
             confidence = ConfidenceOptions(flip=self.flip)
         result = segment_array(volume, geometry, self.model, batch_size=self.batch_size,
                                postprocess_options=self.postprocess_options, check_hu=self.check_hu,
-                               compute_dtype=self.compute_dtype,
+                               compute_dtype=self.compute_dtype, slice_step_mm=self.slice_step_mm,
                                progress=progress, cancel=cancel, confidence=confidence, checked=checked)
         if self.review:
             from .core.review import add_review

@@ -9,7 +9,8 @@ import sys
 from typing import List, Optional
 
 from . import __version__
-from .defaults import BATCH_SIZE, DEFAULT_PRECISION, FORMATS, LOSSES, MAX_BATCH_SIZE, PRECISIONS, TRAIN_BATCH_SIZE
+from .defaults import (BATCH_SIZE, DEFAULT_PRECISION, FORMATS, LOSSES, MAX_BATCH_SIZE, PRECISIONS, SLICE_STEP_MM,
+                       TRAIN_BATCH_SIZE)
 from .errors import Cancelled, LungSegError, exit_codes_help, exit_meanings
 from .labels import CLASS_NAMES, MODEL_CHANNELS
 
@@ -91,6 +92,11 @@ def _add_segment_parser(sub) -> None:
                    help="arithmetic of the network's hidden layers: auto (default: bfloat16 where the CPU has "
                         "AVX512_BF16/AMX, 30-40%% less network time, labels differ from float32's in ~0.002%% "
                         "of voxels; float32 elsewhere), float32 (the same labels on every machine) or bfloat16")
+    p.add_argument("--slice-step-mm", type=float, default=SLICE_STEP_MM, metavar="MM",
+                   help=f"run the network on axial slices at most MM apart and interpolate the thinner slices "
+                        f"between them (default {SLICE_STEP_MM:g}: a 0.6-1.25 mm CT runs a third to a half of "
+                        f"its slices; thicker slices are all run); 0 runs every slice. --review and --flip run "
+                        f"every slice")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--strict", action="store_true",
                    help="fail (exit 7, nothing written) when the result has any warning: no lung, a lung "
@@ -115,7 +121,8 @@ def _run_segment(args) -> int:
     segmenter = LungSegmenter(args.model, batch_size=args.batch_size, threads=args.threads,
                               postprocess=not args.no_postprocess, check_hu=not args.no_hu_check,
                               compute_dtype=args.precision, lazy=True,
-                              review=bool(args.review or args.report), flip=args.flip)
+                              review=bool(args.review or args.report), flip=args.flip,
+                              slice_step_mm=args.slice_step_mm)
 
     def on_stage(stage: str) -> None:
         if stage == "model":

@@ -47,6 +47,14 @@ PRECISIONS: Tuple[str, ...] = ("float32", "bfloat16", "auto")
 #: 40 % less network time, labels equal to float32's in 99.998 % of voxels and the same Dice to three
 #: decimals on the shared cases, ``benchmarks/results/bench_400_stop14.md``), float32 elsewhere.
 DEFAULT_PRECISION = "auto"
+#: The network runs on axial slices at most this far apart (mm) and the thinner slices between them are
+#: interpolated (their lung probabilities, linearly, on the model grid): a 0.6-1.25 mm CT runs a half to a
+#: third of its slices. Interpolating over 6 mm of the shared 3 mm CTs changed Dice by at most 0.004
+#: (`benchmarks/results/slice_step.md`); 2.5 mm is less than the 3 mm slices the model was trained on.
+#: Slices thicker than half the step (1.25 mm) are all run. 0 runs every slice.
+SLICE_STEP_MM = 2.5
+#: The largest step accepted (mm): beyond it the interpolation would cross anatomy.
+MAX_SLICE_STEP_MM = 3.0
 #: ``lungseg train --loss``: cross-entropy + Dice (the default, first), cross-entropy, Dice, binary CE
 #: (one-class models); :class:`LungSegLib.training.losses.SegmentationLoss` implements each.
 LOSSES: Tuple[str, ...] = ("ce_dice", "ce", "dice", "bce")

@@ -312,6 +312,8 @@ def worker_run(opts: argparse.Namespace) -> Dict[str, Any]:
     from LungSegLib.core.unet import count_flops
 
     extra = {"compute_dtype": opts.compute_dtype}  # explicit: the library's default is "auto"
+    if opts.slice_step_mm is not None:
+        extra["slice_step_mm"] = opts.slice_step_mm
     segmenter = LungSegmenter(opts.model, batch_size=opts.batch_size, threads=opts.threads, **extra)
     flops = count_flops(segmenter.model.keras_model)
     image = read_ct(opts.input)
@@ -333,6 +335,7 @@ def worker_run(opts: argparse.Namespace) -> Dict[str, Any]:
             total = time.perf_counter() - t
             run = {stage: float(result.timings_s.get(stage, 0.0)) for stage in STAGES}
             run["total"] = total
+            run["network_slices"] = int(getattr(result, "network_slices", n_slices))  # an older LungSegLib: all
             run["peak_rss_mb"] = _peak_rss_mb() if tracked else None
             runs.append(run)
             if i == opts.runs - 1:  # keep one labelmap for scoring, not one per run in memory
@@ -362,7 +365,7 @@ def _segment_bf16(segmenter, image, opts: argparse.Namespace):
     from LungSegLib.core.geometry import Geometry
 
     bf16 = LungSegmenter(segmenter.model, batch_size=opts.batch_size, threads=opts.threads,
-                         compute_dtype="bfloat16")
+                         compute_dtype="bfloat16", slice_step_mm=segmenter.slice_step_mm)
     volume = sitk.GetArrayViewFromImage(image)
     geometry = Geometry.from_sitk(image)
     bf16.segment_array(np.array(volume[:2 * opts.batch_size]), geometry)  # warm-up
@@ -382,7 +385,9 @@ def summarise(name: str, kind: str, answer: Dict[str, Any], process_peak_mb: flo
         "peak_rss_mb": max(run_peaks) if run_peaks else process_peak_mb,
         "process_peak_rss_mb": process_peak_mb,
         "gflop_per_slice": gflop,
-        "pipeline_gflops": gflop * n / med["inference"] if med["inference"] > 0 else None,
+        # the network ran on network_slices of the n slices (the slice step interpolates the others)
+        "network_slices": runs[-1].get("network_slices", n),
+        "pipeline_gflops": gflop * runs[-1].get("network_slices", n) / med["inference"] if med["inference"] > 0 else None,
         "network_gflops": answer["network"]["gflops"],
         "local_peak_gflops": answer["peak_gflops"],
         "network_peak_fraction": answer["network"]["gflops"] / answer["peak_gflops"],
@@ -412,10 +417,12 @@ def markdown(report: Dict[str, Any]) -> str:
         f"**{report['matmul_peak_gflops']:.1f} GFLOP/s**; each input's child measures it again (2048², "
         "best of 3) right after timing the network alone, and its \"% peak\" columns use that one, so a "
         "change of load during the run does not skew the ratio",
+        f"- Slice step: {report.get('slice_step_mm')} mm (the network runs on slices at most that far apart, the "
+        "others are interpolated; \"slices (network)\" counts both; 0: every slice)",
         f"- Median of {report['runs']} run(s) after a warm-up; stage times in seconds; peak RSS from "
         "the OS (VmHWM of the run; max RSS of the child process where that is unavailable).",
         "",
-        "| input | slices | read | prep | resample | network | post | write | **total** | slices/s "
+        "| input | slices (network) | read | prep | resample | network | post | write | **total** | slices/s "
         "| peak RSS MB | pipeline GFLOP/s (% peak) | network GFLOP/s (% peak) | Dice R / L |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -423,7 +430,7 @@ def markdown(report: Dict[str, Any]) -> str:
         s = r["median_s"]
         dice = f"{r['dice']['right']:.3f} / {r['dice']['left']:.3f}" if "dice" in r else "–"
         lines.append(
-            f"| {r['input']} | {r['slices']} | {s['read']:.2f} | {s['preprocess']:.2f} | "
+            f"| {r['input']} | {r['slices']} ({r.get('network_slices', r['slices'])}) | {s['read']:.2f} | {s['preprocess']:.2f} | "
             f"{s['resample']:.2f} | {s['inference']:.2f} | {s['postprocess']:.2f} | {s['write']:.2f} | "
             f"**{s['total']:.2f}** | {r['slices_per_s']:.1f} | {r['peak_rss_mb']:.0f} | "
             f"{r['pipeline_gflops']:.0f} ({100 * r['pipeline_peak_fraction']:.0f}%) | "
@@ -521,6 +528,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--resliced", type=int, default=None, metavar="N",
                    help="also each real case resampled to N slices (e.g. 400: real anatomy at the target size)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--slice-step-mm", type=float, default=None, metavar="MM",
+                   help="the network's slice step (default: the library's, SLICE_STEP_MM; 0: every slice)")
     p.add_argument("--threads", type=int, default=None, help="TensorFlow threads (default: all cores)")
     p.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default="float32",
                    help="the network's hidden layers (default float32)")
@@ -539,12 +548,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return opts
 
 
+def _library_slice_step() -> float:
+    """The library's default slice step (mm); 0 for an older LungSegLib without one (every slice)."""
+    try:
+        from LungSegLib.defaults import SLICE_STEP_MM
+    except ImportError:
+        return 0.0
+    return SLICE_STEP_MM
+
+
 def _common_args(opts: argparse.Namespace) -> List[str]:
     args = ["--batch-size", str(opts.batch_size)]
     if opts.model:
         args += ["--model", str(Path(opts.model).resolve())]
     if opts.threads:
         args += ["--threads", str(opts.threads)]
+    if opts.slice_step_mm is not None:
+        args += ["--slice-step-mm", str(opts.slice_step_mm)]
     return args
 
 
@@ -611,6 +631,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "load_after": os.getloadavg()[0]},
         "matmul_peak_gflops": peak["matmul_peak_gflops"],
         "batch_size": opts.batch_size, "runs": opts.runs,
+        "slice_step_mm": _library_slice_step() if opts.slice_step_mm is None else opts.slice_step_mm,
         "model": {"path": answer["model"], "name": answer["model_name"],
                   "gflop_per_slice": answer["gflop_per_slice"]},
         "inputs": rows,

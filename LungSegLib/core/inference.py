@@ -10,8 +10,8 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ..defaults import BATCH_SIZE, DEFAULT_PRECISION, GRID_PIXEL_MM, PRECISIONS
-from ..errors import Cancelled, InputError
+from ..defaults import BATCH_SIZE, DEFAULT_PRECISION, GRID_PIXEL_MM, MAX_SLICE_STEP_MM, PRECISIONS, SLICE_STEP_MM
+from ..errors import Cancelled, InputError, UsageError
 from ..labels import MAX_LABEL, volume_names
 from .counts import label_counts
 from .confidence import ConfidenceOptions, SliceConfidence, SliceScorer
@@ -134,6 +134,8 @@ class SegmentationResult:
     noisy_slices: Dict[int, float] = field(default_factory=dict)
     #: the network's arithmetic that ran ("float32" or "bfloat16"; ``compute_dtype="auto"`` resolved)
     precision: str = "float32"
+    #: slices the network ran on (the others interpolated between them; see ``slice_step_mm``)
+    network_slices: int = 0
 
     def volumes_ml(self) -> Dict[str, float]:
         """Lung volumes in mL."""
@@ -222,24 +224,60 @@ def _labels_from_lungs(lungs: np.ndarray) -> np.ndarray:
     return out
 
 
+def network_slices(n_slices: int, slice_mm: float, step_mm: float) -> np.ndarray:
+    """The canonical slices the network runs on: every ``m``-th of ``n_slices`` slices ``slice_mm`` apart, the
+    largest ``m`` that keeps them at most ``step_mm`` apart (every slice when ``step_mm`` is 0 or less than
+    twice the slice spacing), always with the first and the last. The slices between are interpolated."""
+    m = max(1, int(np.floor(step_mm / slice_mm + 1e-6))) if step_mm > 0 and slice_mm > 0 else 1
+    picked = np.arange(0, n_slices, m, dtype=np.int64)
+    if picked.size and picked[-1] != n_slices - 1:
+        picked = np.append(picked, n_slices - 1)
+    return picked
+
+
+def _between(first: int, first_map: Optional[np.ndarray], indices: np.ndarray,
+             maps: np.ndarray) -> Tuple[int, np.ndarray]:
+    """Model-grid maps for every slice from ``first`` (the slice after the previous computed one) to
+    ``indices[-1]``: the computed ``maps`` of ``indices`` and, between two computed slices, their linear
+    interpolation (``first_map``: the previous computed slice's map, None when there is none). Returns the
+    first slice and the ``[n, C, S, S]`` block."""
+    block = np.empty((int(indices[-1]) + 1 - first,) + maps.shape[1:], dtype=np.float32)
+    prev_k, prev = (first - 1, first_map) if first_map is not None else (None, None)
+    for k, current in zip(indices, maps):
+        k = int(k)
+        if prev is not None:
+            gap = k - prev_k
+            for j in range(1, gap):
+                w = np.float32(j / gap)
+                block[prev_k + j - first] = (1 - w) * prev + w * current
+        block[k - first] = current
+        prev_k, prev = k, current
+    return first, block
+
+
 def _run_batches(prepared: PreparedVolume, canonical_labels: np.ndarray, predictor: _Predictor,
                  binary: bool, body_level: float, batch_size: int, progress: Optional[ProgressCallback],
-                 cancel: CancelFlag, timings: Dict[str, float], scorer: Optional[SliceScorer] = None) -> None:
+                 cancel: CancelFlag, timings: Dict[str, float], scorer: Optional[SliceScorer] = None,
+                 step_mm: float = 0.0, n_lungs: int = 2) -> int:
     """Label ``prepared`` batch by batch into ``canonical_labels`` (its canonical stack); a
-    ``scorer`` sees each batch's probabilities (and may average in a mirrored pass)."""
+    ``scorer`` sees each batch's probabilities (and may average in a mirrored pass). The network runs on
+    :func:`network_slices` for ``step_mm``; the lung probabilities of the slices between are interpolated
+    on the model grid. Returns the number of slices the network ran on."""
     resampler = prepared.resampler
     total = prepared.canonical.shape[0]
+    computed = network_slices(total, prepared.orientation.slice_spacing_mm, step_mm)
     centre = resampler.spec.channels // 2  # the slice itself among the input channels
     reuse: Dict[int, np.ndarray] = {}
     t_model = t_map = 0.0
     if scorer is not None:
         scorer.writer = lambda indices, lung: _write_slices(canonical_labels, resampler, binary, indices, lung)
-    for start in range(0, total, batch_size):
+    next_slice, last_map = 0, None
+    for start in range(0, computed.size, batch_size):
         if _is_cancelled(cancel):
             raise Cancelled("Segmentation cancelled; nothing was written.")
-        stop = min(total, start + batch_size)
+        indices = computed[start:start + batch_size]
         t1 = time.perf_counter()
-        x = prepared.model_input(np.arange(start, stop), reuse)
+        x = prepared.model_input(indices, reuse)
         body = x[..., centre].reshape(len(x), -1).max(axis=1) >= body_level
         t2 = time.perf_counter()
         if body.any():
@@ -248,24 +286,30 @@ def _run_batches(prepared: PreparedVolume, canonical_labels: np.ndarray, predict
             lung = probs if binary else probs[:, 1:]  # background = 1 - the rest
             lung[~body] = 0
             if scorer is not None:
-                lung = scorer.observe(start, x, lung, body, predictor, binary)
-            within = _lung_box(lung)
-            if within is not None:
-                back, (rows, cols) = resampler.to_input(lung, channel_axis=1, within=within)
-                out = (back[:, 0] > 0.5).view(np.uint8) if binary else _labels_from_lungs(back)
-                canonical_labels[start:stop, rows, cols] = out
+                lung = scorer.observe(int(indices[0]), x, lung, body, predictor, binary)
         else:
             t3 = t2
+            lung = np.zeros((len(indices), n_lungs) + x.shape[1:3], np.float32)
+        first, block = _between(next_slice, last_map, indices, lung)
+        next_slice, last_map = int(indices[-1]) + 1, lung[-1].copy()
+        for k0 in range(0, len(block), batch_size):  # the input grid's maps, a batch at a time
+            part = block[k0:k0 + batch_size]
+            within = _lung_box(part)
+            if within is not None:
+                back, (rows, cols) = resampler.to_input(part, channel_axis=1, within=within)
+                out = (back[:, 0] > 0.5).view(np.uint8) if binary else _labels_from_lungs(back)
+                canonical_labels[first + k0:first + k0 + len(part), rows, cols] = out
         t_map += (t2 - t1) + (time.perf_counter() - t3)
         t_model += t3 - t2
         if progress is not None:
-            progress(stop, total)
+            progress(next_slice, total)
     if scorer is not None:
         t5 = time.perf_counter()
         scorer.finish(predictor, binary)  # the selective flip's last queued slices
         t_model += time.perf_counter() - t5
     timings["resample"] = t_map
     timings["inference"] = t_model
+    return int(computed.size)
 
 
 @dataclass
@@ -318,6 +362,15 @@ def _write_slices(canonical_labels: np.ndarray, resampler, binary: bool, indices
         canonical_labels[k, rows, cols] = out[n]
 
 
+def checked_step(step_mm: float) -> float:
+    """``slice_step_mm`` as a float, refusing a negative or non-finite one."""
+    step = float(step_mm)
+    if not np.isfinite(step) or step < 0 or step > MAX_SLICE_STEP_MM:
+        raise UsageError(f"The slice step must be 0 (every slice) to {MAX_SLICE_STEP_MM:g} mm, not {step_mm}: "
+                         "beyond that the interpolation between the network's slices would cross anatomy.")
+    return step
+
+
 def _checked_arguments(volume: np.ndarray, batch_size: int, compute_dtype: str) -> str:
     """Refuse a volume that is not a 3-D numeric array or a bad batch size or precision; return the
     precision to compute in ("auto" resolved for this CPU)."""
@@ -349,8 +402,10 @@ def _clean_up(canonical_labels: np.ndarray, prepared, binary: bool,
 
 def _run_network(prepared: PreparedVolume, canonical_labels: np.ndarray, model: LoadedModel, batch_size: int,
                  compute_dtype: str, progress: Optional[ProgressCallback], cancel: CancelFlag,
-                 timings: Dict[str, float], confidence: Optional[ConfidenceOptions]) -> Optional[SliceScorer]:
-    """Label ``canonical_labels`` slice by slice with the network; the confidence scorer if asked for.
+                 timings: Dict[str, float], confidence: Optional[ConfidenceOptions],
+                 step_mm: float = 0.0) -> Tuple[Optional[SliceScorer], int]:
+    """Label ``canonical_labels`` slice by slice with the network; the confidence scorer if asked for (it
+    scores every slice, so ``step_mm`` is then ignored), and the number of slices the network ran on.
     Raises :class:`Cancelled` (nothing written) when ``cancel`` is set."""
     canonical = prepared.canonical
     batch_size = min(batch_size, max(1, canonical.shape[0]))  # a full batch never exceeds the volume
@@ -360,11 +415,12 @@ def _run_network(prepared: PreparedVolume, canonical_labels: np.ndarray, model: 
         canonical.shape[0], 1 if binary else model.n_classes - 1, model.spec.pixel_mm, confidence)
     # NumPy's BLAS on one thread: its idle threads would spin on the cores TensorFlow is using
     with threadpool_limits(1, user_api="blas"):
-        _run_batches(prepared, canonical_labels, predictor, binary, _body_level(model.spec), batch_size,
-                     progress, cancel, timings, scorer)
+        ran = _run_batches(prepared, canonical_labels, predictor, binary, _body_level(model.spec), batch_size,
+                           progress, cancel, timings, scorer, step_mm=0.0 if scorer is not None else step_mm,
+                           n_lungs=1 if binary else model.n_classes - 1)
     if _is_cancelled(cancel):
         raise Cancelled("Segmentation cancelled; nothing was written.")
-    return scorer
+    return scorer, ran
 
 
 #: When more than this fraction of the slices with tissue was smoothed, the noise belongs to the scan (dose,
@@ -403,7 +459,8 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
                   check_hu: bool = True, progress: Optional[ProgressCallback] = None,
                   cancel: CancelFlag = None, compute_dtype: str = DEFAULT_PRECISION,
                   confidence: Optional[ConfidenceOptions] = None,
-                  checked: Optional["InputCheck"] = None) -> SegmentationResult:
+                  checked: Optional["InputCheck"] = None,
+                  slice_step_mm: float = SLICE_STEP_MM) -> SegmentationResult:
     """Segment the lungs in a CT volume.
 
     Args:
@@ -423,6 +480,10 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
             (before loading the model, as ``segment_file`` does); None runs it here.
         confidence: collect per-slice network confidence (and with ``flip=True`` average in the
             left-right mirrored pass) into ``result.confidence``; None (default) computes nothing.
+            Confidence needs the network on every slice: ``slice_step_mm`` is then ignored.
+        slice_step_mm: the network runs on slices at most this far apart (mm; :func:`network_slices`) and
+            the lung probabilities of the thinner slices between are interpolated linearly on the model
+            grid; 0 runs it on every slice. Slices thicker than half of it are all run.
 
     Slices in which nothing is denser than −500 HU (no body) are background without running the model.
     NaN/infinite voxels (float inputs) are taken as outside the field of view: air for the network,
@@ -454,8 +515,8 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
     canonical_labels = orientation.to_canonical(labels)  # a writable view of `labels`
     timings["preprocess"] = time.perf_counter() - t0
 
-    scorer = _run_network(prepared, canonical_labels, model, batch_size, compute_dtype, progress, cancel,
-                          timings, confidence)
+    scorer, ran = _run_network(prepared, canonical_labels, model, batch_size, compute_dtype, progress, cancel,
+                               timings, confidence, checked_step(slice_step_mm))
     t4 = time.perf_counter()
     _clean_up(canonical_labels, prepared, model.n_classes == 1, postprocess_options)
     timings["postprocess"] = time.perf_counter() - t4
@@ -463,7 +524,8 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
         clear_non_finite(volume, labels)  # outside the field of view: never lung, whatever the clean-up
     noise_warnings, noisy = noise_findings(prepared, canonical_labels.shape[0], orientation.flips[0])
     warnings += noise_warnings + result_findings(labels, geometry)
-    result = SegmentationResult(labels, geometry, timings, warnings, noisy_slices=noisy, precision=compute_dtype)
+    result = SegmentationResult(labels, geometry, timings, warnings, noisy_slices=noisy, precision=compute_dtype,
+                                network_slices=ran)
     if scorer is not None:
         result.confidence = scorer.result(orientation.axes[0], orientation.flips[0])
     return result

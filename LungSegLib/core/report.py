@@ -65,6 +65,7 @@ def report_dict(result, *, input_path: Optional[os.PathLike] = None, output_path
         "output": None if output_path is None else str(output_path),
         "model": model_name,
         "precision": result.precision,
+        "network_slices": result.network_slices,
         "disclaimer": DISCLAIMER,
         "geometry": {"shape_kji": list(result.labels.shape), "spacing_mm": list(result.geometry.spacing),
                      "origin_lps": list(result.geometry.origin),
