@@ -49,8 +49,9 @@ PRECISIONS: Tuple[str, ...] = ("float32", "bfloat16", "auto")
 DEFAULT_PRECISION = "auto"
 #: The network runs on axial slices at most this far apart (mm) and the thinner slices between them are
 #: interpolated (their lung probabilities, linearly, on the model grid): a 0.6-1.25 mm CT runs a half to a
-#: third of its slices. Interpolating over 6 mm of the shared 3 mm CTs changed Dice by at most 0.004
-#: (`benchmarks/results/slice_step.md`); 2.5 mm is less than the 3 mm slices the model was trained on.
+#: third of its slices. On the shared cases resliced to 0.8-1 mm it changed Dice by at most 0.0005; even
+#: interpolating across 6-8.5 mm of real anatomy (every 2nd slice of the 3-4.25 mm originals) lowered it by
+#: 0.001-0.007 (`benchmarks/results/slice_step.md`).
 #: Slices thicker than half the step (1.25 mm) are all run. 0 runs every slice.
 SLICE_STEP_MM = 2.5
 #: The largest step accepted (mm): beyond it the interpolation would cross anatomy.
