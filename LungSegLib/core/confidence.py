@@ -252,7 +252,13 @@ class SliceScorer:
         return 0.5 * (lungs + mirrored)
 
     def _score(self, start: int, lungs: np.ndarray) -> None:
-        stop = start + len(lungs)
+        # slice by slice, each on its own box: the expected error sums min(p, 1 - p) over the box, so a box
+        # shared by the batch added other slices' surroundings (and a slice's score depended on the batch
+        # size: the worker's 4 and the command line's 8 ranked different slices first)
+        for i in range(len(lungs)):
+            self._score_slice(start + i, lungs[i:i + 1])
+
+    def _score_slice(self, index: int, lungs: np.ndarray) -> None:
         box = _box(lungs)
         if box is None:
             return
@@ -276,10 +282,10 @@ class SliceScorer:
         for c in range(p.shape[1]):
             pc = p[:, c]
             band = pc > BAND_P
-            self.stats["area_px"][start:stop, c] = (hard == c + 1).sum(axis=(1, 2))
-            self.stats["expected_error_px"][start:stop, c] = np.minimum(pc, 1.0 - pc).sum(axis=(1, 2))
-            self.stats["entropy_px"][start:stop, c] = (entropy * band).sum(axis=(1, 2))
-            self.stats["margin_px"][start:stop, c] = (unsure * band).sum(axis=(1, 2))
+            self.stats["area_px"][index, c] = (hard == c + 1).sum()
+            self.stats["expected_error_px"][index, c] = np.minimum(pc, 1.0 - pc).sum()
+            self.stats["entropy_px"][index, c] = (entropy * band).sum()
+            self.stats["margin_px"][index, c] = (unsure * band).sum()
 
     @staticmethod
     def _disagreement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
