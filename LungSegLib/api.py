@@ -59,7 +59,7 @@ class LungSegmenter:
             that :meth:`segment_file` refuses a bad input or output first.
         slice_step_mm: the network runs on axial slices at most this far apart (mm) and the thinner ones
             between are interpolated (default :data:`LungSegLib.defaults.SLICE_STEP_MM`); 0 runs every
-            slice. The review and the flip score every slice, so they run every slice.
+            slice. The flip runs every slice (its mirrored pass needs each slice's input).
     """
 
     def __init__(self, model: Union[None, str, os.PathLike, LoadedModel] = None, *, batch_size: int = BATCH_SIZE,

@@ -95,7 +95,7 @@ def _add_segment_parser(sub) -> None:
     p.add_argument("--slice-step-mm", type=float, default=SLICE_STEP_MM, metavar="MM",
                    help=f"run the network on axial slices at most MM apart and interpolate the thinner slices "
                         f"between them (default {SLICE_STEP_MM:g}: a 0.6-1.25 mm CT runs a third to a half of "
-                        f"its slices; thicker slices are all run); 0 runs every slice. --review and --flip run "
+                        f"its slices; thicker slices are all run); 0 runs every slice. --flip runs "
                         f"every slice")
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     p.add_argument("--strict", action="store_true",

@@ -45,3 +45,17 @@ def test_confidence_is_the_same_for_every_batch_size(chest_phantom, oracle_model
     for other in runs[1:]:
         for name in ("area_px", "expected_error_px", "entropy_px", "margin_px"):
             np.testing.assert_allclose(other.stats[name], runs[0].stats[name], rtol=1e-5, atol=1e-3)
+
+
+def test_skipped_slices_get_their_neighbours_statistics_interpolated():
+    scorer = SliceScorer(5, 2, 1.5, ConfidenceOptions())
+    lungs = np.zeros((2, 2, 64, 64), np.float32)
+    lungs[0, 0, 10:20, 10:20] = 0.9   # slice 0: 100 px
+    lungs[1, 0, 10:30, 10:30] = 0.9   # slice 4: 400 px
+    scorer.score_network_slices(np.array([0, 4]), lungs)
+    scorer.finish(predict=None, binary=False)
+    np.testing.assert_allclose(scorer.stats["area_px"][:, 0], [100, 175, 250, 325, 400])
+    np.testing.assert_allclose(scorer.stats["expected_error_px"][:, 0], [10, 17.5, 25, 32.5, 40], rtol=1e-4)
+    assert np.isnan(scorer.stats["flip_disagreement_px"]).all()
+    with pytest.raises(ValueError, match="flip"):
+        SliceScorer(5, 2, 1.5, ConfidenceOptions(flip=True)).score_network_slices(np.array([0]), lungs[:1])

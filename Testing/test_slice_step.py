@@ -74,11 +74,25 @@ def test_the_step_follows_the_slice_spacing_in_mm(chest_phantom, oracle_model):
         assert result.network_slices == ran == len(network_slices(30, spacing, SLICE_STEP_MM))
 
 
-def test_confidence_runs_every_slice(thin_case, oracle_model):
+def test_review_confidence_uses_the_step_and_the_flip_runs_every_slice(thin_case, oracle_model):
     ct, geometry = thin_case
-    result = segment_array(ct, geometry, oracle_model, confidence=ConfidenceOptions())
-    assert result.network_slices == 150
-    assert result.confidence.n_slices == 150
+    every = segment_array(ct, geometry, oracle_model, confidence=ConfidenceOptions(), slice_step_mm=0)
+    stepped = segment_array(ct, geometry, oracle_model, confidence=ConfidenceOptions())
+    assert every.network_slices == 150 and stepped.network_slices == 76
+    assert stepped.confidence.n_slices == 150
+    # the network's slices are scored exactly as when every slice runs (input order: file slice 149 - k)
+    ran = 149 - network_slices(150, 1.2, SLICE_STEP_MM)
+    for name in ("area_px", "expected_error_px", "entropy_px", "margin_px"):
+        np.testing.assert_allclose(stepped.confidence.stats[name][ran], every.confidence.stats[name][ran],
+                                   rtol=1e-5, atol=1e-3)
+    # the others between their neighbours: every slice with lung has a score, and the per-lung totals agree
+    a, b = every.confidence.stats["area_px"], stepped.confidence.stats["area_px"]
+    assert (b.sum(axis=1)[a.sum(axis=1) > 0] > 0).all()
+    np.testing.assert_allclose(b.sum(axis=0), a.sum(axis=0), rtol=0.02)
+    for name, value in every.confidence.lung_confidence().items():
+        assert stepped.confidence.lung_confidence()[name] == pytest.approx(value, rel=0.02)
+    flipped = segment_array(ct, geometry, oracle_model, confidence=ConfidenceOptions(flip=True))
+    assert flipped.network_slices == 150 and flipped.confidence.flip
 
 
 def test_progress_reaches_the_total_once_and_cancel_still_stops(thin_case, oracle_model):

@@ -10,6 +10,8 @@ and against the reference labels:
    default step interpolates across at most 2.5 mm).
 2. **The default on thin slices:** each shared case resliced to 400 slices (0.8-1.0 mm, linear
    interpolation as ``bench.py --resliced`` makes them) with the default step and with every slice.
+3. **The review on thin slices:** the same resliced cases with the review (``review=True``): the lung
+   confidence and the slices of the ten most urgent review items, with the default step and every slice.
 
     python benchmarks/slice_step.py [--data ../shared/data] [--name slice_step]
 
@@ -63,6 +65,33 @@ def run(segmenter: LungSegmenter, ct: sitk.Image, reference: np.ndarray, steps, 
     return rows
 
 
+def review_rows(ct: sitk.Image, label: str) -> list:
+    volume, geometry = sitk.GetArrayFromImage(ct), Geometry.from_sitk(ct)
+    rows = []
+    for name, step in (("every slice", 0.0), (f"default step ({SLICE_STEP_MM:g} mm)", SLICE_STEP_MM)):
+        result = LungSegmenter(compute_dtype="float32", review=True, slice_step_mm=step).segment_array(volume, geometry)
+        items = [(i.slice_index, i.lung) for i in result.review[:10]]
+        rows.append({"input": label, "step": name, "network_slices": result.network_slices,
+                     "lung_confidence": {k: round(v, 4) for k, v in result.confidence.lung_confidence().items()},
+                     "review_top10": items})
+        print(rows[-1], flush=True)
+    every, stepped = ({s for s, _ in r["review_top10"]} for r in rows)
+    # an item "matches" when the other run lists a slice within 3 slices of it
+    rows[1]["top10_within_3_slices"] = sum(any(abs(s - t) <= 3 for t in every) for s in stepped)
+    return rows
+
+
+def review_table(rows: list) -> str:
+    lines = ["| input | network on | slices run | lung confidence R / L | slices of the 10 most urgent review items | "
+             "of them within 3 slices of an item with every slice |", "|---|---|---:|---|---|---:|"]
+    for r in rows:
+        conf = r["lung_confidence"]
+        lines.append(f"| {r['input']} | {r['step']} | {r['network_slices']} | {conf.get('right', float('nan')):.4f} / "
+                     f"{conf.get('left', float('nan')):.4f} | {', '.join(str(s) for s, _ in r['review_top10'])} | "
+                     f"{r.get('top10_within_3_slices', '')} |")
+    return "\n".join(lines)
+
+
 def table(rows: list) -> str:
     head = ("| input | slices (mm) | network on | slices run | Dice R / L | HD95 R / L (mm) | voxels as with every "
             "slice | s |\n|---|---|---|---:|---|---|---:|---:|")
@@ -81,7 +110,7 @@ def main() -> None:
     opts = p.parse_args()
     inference.MAX_SLICE_STEP_MM = 100.0  # the stress test goes beyond the accepted range on purpose
     segmenter = LungSegmenter(compute_dtype="float32")
-    stress, thin = [], []
+    stress, thin, review = [], [], []
     cases = real_cases(Path(opts.data))
     for name, ct_path, label_path in cases:
         ct = sitk.ReadImage(str(ct_path))
@@ -96,8 +125,9 @@ def main() -> None:
             reference = sitk.GetArrayFromImage(sitk.ReadImage(str(label_400)))
             thin += run(segmenter, ct, reference, [("every slice", 0.0), (f"default step ({SLICE_STEP_MM:g} mm)",
                                                                           SLICE_STEP_MM)], f"{name} resliced to 400")
+            review += review_rows(ct, f"{name} resliced to 400")
     results = HERE / "results"
-    (results / f"{opts.name}.json").write_text(json.dumps({"stress": stress, "thin": thin}, indent=1) + "\n")
+    (results / f"{opts.name}.json").write_text(json.dumps({"stress": stress, "thin": thin, "review": review}, indent=1) + "\n")
     text = (f"# The slice step: accuracy\n\n`python benchmarks/slice_step.py --name {opts.name}` "
             f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); bundled model, float32, default post-processing. "
             "Seconds are one run each, for orientation only (`bench.py` times the pipeline).\n\n"
@@ -107,7 +137,11 @@ def main() -> None:
             f"## 2. The default step ({SLICE_STEP_MM:g} mm) on thin slices: the shared CTs resliced to 400 slices\n\n"
             "Resliced by linear interpolation from 3 mm, so the anatomy between slices is smoother than a real "
             "thin-slice scan's; part 1 is the test on real anatomy.\n\n"
-            f"{table(thin)}\n")
+            f"{table(thin)}\n\n"
+            "## 3. The review on the same thin slices\n\n"
+            "With the step, the slices the network ran on are scored as when it runs every slice and the slices "
+            "between get their neighbours' scores, interpolated (`SliceScorer.score_network_slices`).\n\n"
+            f"{review_table(review)}\n")
     (results / f"{opts.name}.md").write_text(text)
     print(text)
 

@@ -191,6 +191,8 @@ class SliceScorer:
         self.stats = {name: np.zeros((n_slices, n_lungs), np.float64) for name in STATS}
         self.stats["flip_disagreement_px"][:] = np.nan  # set on the slices the mirrored pass ran on
         self.flipped = np.zeros(n_slices, bool)
+        #: the slices the network ran on when it skipped some (:meth:`score_network_slices`); None: every slice
+        self._network: Optional[np.ndarray] = None
         self._budget = int(math.ceil(options.flip_max_fraction * n_slices))
         self._queue: List[Tuple[int, np.ndarray, np.ndarray]] = []
         #: ``writer(canonical indices, [n, C, S, S] lung probabilities)`` relabels those slices (set by
@@ -223,10 +225,33 @@ class SliceScorer:
                 self._flush(predict, binary)
         return lungs
 
+    def score_network_slices(self, indices: np.ndarray, lungs: np.ndarray) -> None:
+        """Score the slices ``indices`` when the network skipped the slices between them (the slice step;
+        not with the flip, whose mirrored pass needs every slice's input). :meth:`finish` gives each
+        skipped slice its neighbours' statistics, linearly interpolated.
+
+        Not the statistics of their interpolated probabilities: where a boundary moves between the two
+        neighbours it blurs into a band of unsure pixels, and the slices between would look less certain
+        than either."""
+        if self.options.flip:
+            raise ValueError("The test-time flip needs the network on every slice.")
+        if self._network is None:
+            self._network = np.zeros(self.flipped.shape[0], bool)
+        for index, slice_lungs in zip(np.asarray(indices, dtype=np.int64), lungs):
+            self._network[index] = True
+            self._score_slice(int(index), slice_lungs[None])
+
     def finish(self, predict: Callable[[np.ndarray], np.ndarray], binary: bool) -> None:
-        """Run the mirrored pass on the slices still queued (after the last batch)."""
+        """Run the mirrored pass on the slices still queued (after the last batch); statistics for the
+        slices the network skipped."""
         if self._queue:
             self._flush(predict, binary)
+        if self._network is not None and self._network.any() and not self._network.all():
+            ran, skipped = np.flatnonzero(self._network), np.flatnonzero(~self._network)
+            for name in STATS:
+                if name != "flip_disagreement_px":  # NaN without the flip
+                    for c in range(self.stats[name].shape[1]):
+                        self.stats[name][skipped, c] = np.interp(skipped, ran, self.stats[name][ran, c])
 
     def _flush(self, predict, binary: bool) -> None:
         indices = np.array([q[0] for q in self._queue])

@@ -261,11 +261,13 @@ def _run_batches(prepared: PreparedVolume, canonical_labels: np.ndarray, predict
                  step_mm: float = 0.0, n_lungs: int = 2) -> int:
     """Label ``prepared`` batch by batch into ``canonical_labels`` (its canonical stack); a
     ``scorer`` sees each batch's probabilities (and may average in a mirrored pass). The network runs on
-    :func:`network_slices` for ``step_mm``; the lung probabilities of the slices between are interpolated
-    on the model grid. Returns the number of slices the network ran on."""
+    :func:`network_slices` for ``step_mm`` (every slice with the scorer's flip); the lung probabilities of the
+    slices between are interpolated on the model grid. Returns the number of slices the network ran on."""
     resampler = prepared.resampler
     total = prepared.canonical.shape[0]
-    computed = network_slices(total, prepared.orientation.slice_spacing_mm, step_mm)
+    flip = scorer is not None and scorer.options.flip
+    computed = network_slices(total, prepared.orientation.slice_spacing_mm, 0.0 if flip else step_mm)
+    every = computed.size == total
     centre = resampler.spec.channels // 2  # the slice itself among the input channels
     reuse: Dict[int, np.ndarray] = {}
     t_model = t_map = 0.0
@@ -285,11 +287,13 @@ def _run_batches(prepared: PreparedVolume, canonical_labels: np.ndarray, predict
             t3 = time.perf_counter()
             lung = probs if binary else probs[:, 1:]  # background = 1 - the rest
             lung[~body] = 0
-            if scorer is not None:
+            if scorer is not None and every:
                 lung = scorer.observe(int(indices[0]), x, lung, body, predictor, binary)
         else:
             t3 = t2
             lung = np.zeros((len(indices), n_lungs) + x.shape[1:3], np.float32)
+        if scorer is not None and not every:
+            scorer.score_network_slices(indices, lung)
         first, block = _between(next_slice, last_map, indices, lung)
         next_slice, last_map = int(indices[-1]) + 1, lung[-1].copy()
         for k0 in range(0, len(block), batch_size):  # the input grid's maps, a batch at a time
@@ -404,8 +408,8 @@ def _run_network(prepared: PreparedVolume, canonical_labels: np.ndarray, model: 
                  compute_dtype: str, progress: Optional[ProgressCallback], cancel: CancelFlag,
                  timings: Dict[str, float], confidence: Optional[ConfidenceOptions],
                  step_mm: float = 0.0) -> Tuple[Optional[SliceScorer], int]:
-    """Label ``canonical_labels`` slice by slice with the network; the confidence scorer if asked for (it
-    scores every slice, so ``step_mm`` is then ignored), and the number of slices the network ran on.
+    """Label ``canonical_labels`` slice by slice with the network; the confidence scorer if asked for (with
+    the flip every slice runs, ``step_mm`` ignored), and the number of slices the network ran on.
     Raises :class:`Cancelled` (nothing written) when ``cancel`` is set."""
     canonical = prepared.canonical
     batch_size = min(batch_size, max(1, canonical.shape[0]))  # a full batch never exceeds the volume
@@ -416,7 +420,7 @@ def _run_network(prepared: PreparedVolume, canonical_labels: np.ndarray, model: 
     # NumPy's BLAS on one thread: its idle threads would spin on the cores TensorFlow is using
     with threadpool_limits(1, user_api="blas"):
         ran = _run_batches(prepared, canonical_labels, predictor, binary, _body_level(model.spec), batch_size,
-                           progress, cancel, timings, scorer, step_mm=0.0 if scorer is not None else step_mm,
+                           progress, cancel, timings, scorer, step_mm=step_mm,
                            n_lungs=1 if binary else model.n_classes - 1)
     if _is_cancelled(cancel):
         raise Cancelled("Segmentation cancelled; nothing was written.")
@@ -480,7 +484,8 @@ def segment_array(volume: np.ndarray, geometry: Geometry, model: LoadedModel, *,
             (before loading the model, as ``segment_file`` does); None runs it here.
         confidence: collect per-slice network confidence (and with ``flip=True`` average in the
             left-right mirrored pass) into ``result.confidence``; None (default) computes nothing.
-            Confidence needs the network on every slice: ``slice_step_mm`` is then ignored.
+            The flip needs the network on every slice (``slice_step_mm`` is then ignored); without it the
+            slices between the network's get their neighbours' statistics, linearly interpolated.
         slice_step_mm: the network runs on slices at most this far apart (mm; :func:`network_slices`) and
             the lung probabilities of the thinner slices between are interpolated linearly on the model
             grid; 0 runs it on every slice. Slices thicker than half of it are all run.
