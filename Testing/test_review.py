@@ -59,19 +59,24 @@ def corrupted_sample_unsmoothed():
     return volume, LungSegmenter(model, review=True).segment_array(volume, geometry)
 
 
-def test_confidence_is_lower_on_corrupted_slices(corrupted_sample_unsmoothed):
-    """The network's own signal: fed the noisy slices as they are, it is less sure there than on the median
-    clean slice. Only a little for the 16-epoch models (0.91 against 0.93 at 300 HU for stop 13's; the former
-    64-epoch model dropped below every clean slice), which is why the input preparation measures the noise itself and names
-    those slices for review (``test_a_noisy_slice_is_segmented_right_or_flagged``)."""
+def test_confidence_is_lower_on_corrupted_slices_it_gets_wrong(corrupted_sample_unsmoothed, clean_sample):
+    """The network's own signal, fed the noisy slices as they are (no smoothing): on each it either still
+    finds the lungs (Dice >= 0.9 against its labels on the clean CT) or is less sure there than on the median
+    clean slice. The bundled model of stop 14 finds them (0.97 at 300 HU); stop 13's was wrong there and only a
+    little less sure (0.91 against 0.93), which is why the input preparation measures the noise itself and
+    names those slices for review (``test_a_noisy_slice_is_segmented_right_or_flagged``). Each slice is scored
+    on its own, so the batch it ran in does not move its confidence."""
     _, result = corrupted_sample_unsmoothed
+    clean = clean_sample[3]
     assert not result.noisy_slices and "noisy_slices" not in {w.code for w in result.warnings}
     conf = result.confidence.slice_confidence()
     assert conf.shape == (result.labels.shape[0],)
     interior = [k for k in range(8, 41) if k not in NOISY and abs(k - BLANK) > 1]
-    clean = conf[interior]
+    clean_median = np.median(conf[interior])
     for k in NOISY:
-        assert conf[k] < np.median(clean), (k, conf[k], np.median(clean))
+        a, b = result.labels[k] > 0, clean.labels[k] > 0
+        dice = 2.0 * (a & b).sum() / max(1, a.sum() + b.sum())
+        assert dice >= 0.9 or conf[k] < clean_median, (k, dice, conf[k], clean_median)
     assert 0.0 <= conf.min() and conf.max() <= 1.0
 
 
