@@ -66,6 +66,23 @@ def test_interpolated_slices_agree_with_running_every_slice(thin_case, oracle_mo
     np.testing.assert_array_equal(stepped.labels[ran], every.labels[ran])
 
 
+def test_a_blank_slice_between_the_networks_slices_is_background(thin_case, oracle_model):
+    """A dropped-out slice (nothing denser than air) is not filled in from its neighbours: it is background,
+    as when the network runs on it, so the review still names the gap."""
+    from LungSegLib.core.review import build_review
+
+    ct, geometry = thin_case
+    blank = ct.copy()
+    blank[74] = -1024  # canonical slice 75: not one the network runs on (0, 2, ..., 148, 149)
+    assert 75 not in network_slices(150, 1.2, SLICE_STEP_MM)
+    result = segment_array(blank, geometry, oracle_model, confidence=ConfidenceOptions())
+    assert result.network_slices == 76
+    assert not result.labels[74].any() and result.labels[73].any() and result.labels[75].any()
+    gaps = {(it.slice_index, it.lung) for it in build_review(result.labels, geometry, result.confidence)
+            if it.reason == "lung_gap"}
+    assert {(74, "right"), (74, "left")} <= gaps
+
+
 def test_the_step_follows_the_slice_spacing_in_mm(chest_phantom, oracle_model):
     for spacing, ran in ((0.6, 9), (3.0, 30)):  # every 4th (2.4 mm) and the last; 3 mm slices: all
         shape = (30, 40, 48)

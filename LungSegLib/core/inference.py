@@ -235,6 +235,16 @@ def network_slices(n_slices: int, slice_mm: float, step_mm: float) -> np.ndarray
     return picked
 
 
+def _shows_body(slice_hu: np.ndarray) -> bool:
+    """Whether an input slice (HU) holds anything denser than :data:`BODY_HU` (non-finite voxels are
+    outside the field of view, not body)."""
+    slice_hu = np.asarray(slice_hu)
+    dense = slice_hu > BODY_HU
+    if slice_hu.dtype.kind == "f":
+        dense &= np.isfinite(slice_hu)
+    return bool(dense.any())
+
+
 def _between(first: int, first_map: Optional[np.ndarray], indices: np.ndarray,
              maps: np.ndarray) -> Tuple[int, np.ndarray]:
     """Model-grid maps for every slice from ``first`` (the slice after the previous computed one) to
@@ -296,6 +306,10 @@ def _run_batches(prepared: PreparedVolume, canonical_labels: np.ndarray, predict
             scorer.score_network_slices(indices, lung)
         first, block = _between(next_slice, last_map, indices, lung)
         next_slice, last_map = int(indices[-1]) + 1, lung[-1].copy()
+        ran = set(indices.tolist())
+        for k in range(first, next_slice):
+            if k not in ran and not _shows_body(prepared.canonical[k]):
+                block[k - first] = 0  # a blank slice between the network's: background, as if run
         for k0 in range(0, len(block), batch_size):  # the input grid's maps, a batch at a time
             part = block[k0:k0 + batch_size]
             within = _lung_box(part)
