@@ -151,7 +151,14 @@ def _run_segment(args) -> int:
         vol = result.volumes_ml()
         total = sum(result.timings_s.values())
         lungs = ", ".join(f"{name} {ml:.0f} mL" for name, ml in vol.items())  # label table order
-        print(f"Wrote {args.output}: {lungs} ({total:.1f} s)")
+        from .core.geometry import canonical_orientation
+
+        n_slices = result.labels.shape[canonical_orientation(result.geometry).axes[0]]  # axial slices
+        ran = result.network_slices
+        # thin slices: say that most were interpolated (--slice-step-mm), so nobody mistakes it for a skip
+        step = (f"; the network ran on {ran} of the {n_slices} slices and interpolated the rest"
+                if 0 < ran < n_slices else "")
+        print(f"Wrote {args.output}: {lungs} ({total:.1f} s{step})")
         if args.overview:
             print(f"Wrote {args.overview}")
         if result.measures is not None or result.review:

@@ -152,10 +152,12 @@ def test_cli_step_is_used_reported_and_checked(thin_case, oracle_model_path, tmp
     src = tmp_path / "thin.nrrd"
     sitk.WriteImage(image, str(src))
     out = tmp_path / "out.nrrd"
-    assert main(["segment", str(src), str(out), "--model", str(oracle_model_path), "--quiet"]) == 0
+    assert main(["segment", str(src), str(out), "--model", str(oracle_model_path)]) == 0
+    assert "the network ran on 76 of the 150 slices and interpolated the rest" in capsys.readouterr().out
     full = tmp_path / "full.nrrd"
-    assert main(["segment", str(src), str(full), "--model", str(oracle_model_path), "--quiet",
+    assert main(["segment", str(src), str(full), "--model", str(oracle_model_path),
                  "--slice-step-mm", "0"]) == 0
+    assert "interpolated" not in capsys.readouterr().out
     a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in (out, full))
     assert (a == b).mean() > 0.999 and (a > 0).sum() > 1000
 
