@@ -364,8 +364,9 @@ def _segment_bf16(segmenter, image, opts: argparse.Namespace):
     from LungSegLib.api import LungSegmenter
     from LungSegLib.core.geometry import Geometry
 
+    step = {"slice_step_mm": segmenter.slice_step_mm} if hasattr(segmenter, "slice_step_mm") else {}  # older: none
     bf16 = LungSegmenter(segmenter.model, batch_size=opts.batch_size, threads=opts.threads,
-                         compute_dtype="bfloat16", slice_step_mm=segmenter.slice_step_mm)
+                         compute_dtype="bfloat16", **step)
     volume = sitk.GetArrayViewFromImage(image)
     geometry = Geometry.from_sitk(image)
     bf16.segment_array(np.array(volume[:2 * opts.batch_size]), geometry)  # warm-up
