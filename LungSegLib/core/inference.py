@@ -312,11 +312,7 @@ def _run_batches(prepared: PreparedVolume, canonical_labels: np.ndarray, predict
                 block[k - first] = 0  # a blank slice between the network's: background, as if run
         for k0 in range(0, len(block), batch_size):  # the input grid's maps, a batch at a time
             part = block[k0:k0 + batch_size]
-            within = _lung_box(part)
-            if within is not None:
-                back, (rows, cols) = resampler.to_input(part, channel_axis=1, within=within)
-                out = (back[:, 0] > 0.5).view(np.uint8) if binary else _labels_from_lungs(back)
-                canonical_labels[first + k0:first + k0 + len(part), rows, cols] = out
+            _write_slices(canonical_labels, resampler, binary, np.arange(first + k0, first + k0 + len(part)), part)
         t_map += (t2 - t1) + (time.perf_counter() - t3)
         t_model += t3 - t2
         if progress is not None:
@@ -368,8 +364,8 @@ def check_input(volume: np.ndarray, geometry: Geometry, *, check_hu: bool = True
 
 def _write_slices(canonical_labels: np.ndarray, resampler, binary: bool, indices: np.ndarray,
                   lung: np.ndarray) -> None:
-    """Relabel canonical slices ``indices`` from their ``[n, C, S, S]`` model-grid lung probabilities
-    (the test-time flip's averaged ones), replacing what the plain pass wrote there."""
+    """Label canonical slices ``indices`` from their ``[n, C, S, S]`` model-grid lung probabilities,
+    replacing what was there (the selective flip relabels slices with its averaged ones)."""
     canonical_labels[indices] = 0
     within = _lung_box(lung)
     if within is None:
