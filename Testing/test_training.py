@@ -243,6 +243,9 @@ def test_train_validate_resume_and_load_the_checkpoint(phantom_cases, tmp_path):
     assert card["data"]["train_cases"] == ["p1", "p3"] and card["data"]["val_cases"] == ["p2"]
     assert "p2" not in card["data"]["train_patients"]
     assert card["training"]["best_logs"]["val_dice"] == pytest.approx(state["best"])
+    import tensorflow as tf  # what a rerun must match to be comparable (float rounding steers training)
+    env = card["training"]["environment"]
+    assert env["tensorflow"] == tf.__version__ and env["numpy"] == np.__version__ and env["python"].count(".") == 2
     out = loaded.keras_model.predict_on_batch(np.zeros((1, 64, 64, 1), np.float32))
     assert out.shape == (1, 64, 64, 3)
     # the same best epoch exported as named arrays, rebuilt in code from the card: bit-identical weights

@@ -292,7 +292,8 @@ class _Run:
                          "augmentation": asdict(cfg.augment_config) if cfg.augment else None,
                          "selected_by": ("last epoch" if cfg.select == "last"
                                          else f"{'max' if self.maximize else 'min'} {self.monitor}"),
-                         "best_logs": state.get("best_logs", {})},
+                         "best_logs": state.get("best_logs", {}),
+                         "environment": training_environment()},
             "data": {"cases_dir": str(self.cases_dir), "train_cases": list(self.split.train),
                      "val_cases": list(self.split.val),
                      "train_patients": sorted({c.patient_id for c in self.train_cases}),
@@ -301,6 +302,31 @@ class _Run:
             "lungseg_version": __version__,
             "keras_version": __import__("keras").__version__,
         }
+
+
+def training_environment() -> Dict[str, object]:
+    """The Python, library versions and CPU a model was trained with (its card's ``training.environment``).
+
+    Float rounding differs between them, and training follows it: the same recipe, seed and cases gave a
+    leave-one-out fold that labelled colon gas left lung on one machine and not on another, with training
+    losses equal to three decimals (``benchmarks/results/lopo_position/rerun_stop16``). A rerun is only
+    comparable where these match.
+    """
+    import platform
+
+    import keras
+    import scipy
+    import tensorflow as tf
+
+    cpu = platform.processor()
+    try:  # Linux names the CPU model here (platform.processor() is often just the architecture)
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "scipy": scipy.__version__, "machine": platform.machine(),
+            "cpu": cpu or None, "cpu_count": os.cpu_count()}
 
 
 def _write_json(path: Path, data: Dict) -> None:
