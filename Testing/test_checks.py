@@ -38,7 +38,7 @@ def test_finding_prints_its_message_and_round_trips_through_json():
 def test_every_code_the_checks_produce_is_documented():
     expected = {"no_lung", "lung_missing", "lung_too_small", "volume_out_of_range", "ratio_out_of_range",
                 "lung_touches_border", "thick_slices", "oblique", "non_hu_override", "non_finite_voxels",
-                "spacing_unusual"}
+                "spacing_unusual", "lung_base_low"}
     assert expected <= set(CODES)
 
 
@@ -140,6 +140,32 @@ def test_volume_beyond_adult_anatomy_and_right_left_ratio():
     lopsided = two_lungs(left_cols=(146, 166))  # left lung a quarter of the right
     [ratio] = result_findings(lopsided, CHEST)
     assert ratio.code == "ratio_out_of_range" and "4.00" in ratio.message
+
+
+def test_a_lung_reaching_far_below_the_other_is_flagged():
+    # k runs superior here (identity direction); the lungs of two_lungs() span slices 5-34 (5 mm each)
+    labels = two_lungs()
+    labels[0:5, 120:150, 170:200] = 2  # the left lung hangs down to slice 0 (bowel gas taken for lung)
+    labels[5:12][labels[5:12] == 1] = 0  # the right lung's base at slice 12: 12 x 5 = 60 mm higher
+    [base] = result_findings(labels, CHEST)
+    assert (base.code, base.lung) == ("lung_base_low", "left") and "60 mm lower than the right lung" in base.message
+    labels[11, 60:200, 30:110] = 1  # 55 mm: within what the hemidiaphragms differ by
+    assert "lung_base_low" not in codes(result_findings(labels, CHEST))
+
+
+def test_the_lower_lung_is_found_by_patient_position_not_array_order():
+    labels = two_lungs()
+    labels[:20][labels[:20] == 1] = 0  # the right lung starts 15 slices (75 mm) above the left
+    assert [(f.code, f.lung) for f in result_findings(labels, CHEST)] == [("lung_base_low", "left")]
+    # the same anatomy stored with k running towards the feet: the same finding
+    down = Geometry((0.8, 0.8, 5.0), direction=np.diag([1.0, 1.0, -1.0]))
+    assert [(f.code, f.lung) for f in result_findings(labels[::-1], down)] == [("lung_base_low", "left")]
+    # the same array read with k towards the feet: the left lung now reaches *higher* (its apex), both bases
+    # lie on slice 34: nothing to flag
+    assert "lung_base_low" not in codes(result_findings(labels, down))
+    # one lung missing: no base comparison
+    only_left = np.where(labels == 2, 2, 0).astype(np.uint8)
+    assert "lung_base_low" not in codes(result_findings(only_left, CHEST))
 
 
 def test_lung_cut_by_the_image_border_is_flagged_per_lung():

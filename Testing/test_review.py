@@ -305,6 +305,27 @@ def test_gap_item_position():
     assert items[0].position_lps == pytest.approx((-50 + 2 * 12, -60 + 2 * 29.5, 100 + 5 * 9))
 
 
+def test_a_low_lung_base_is_named_for_review_at_that_base():
+    from LungSegLib.core.checks import result_findings
+
+    geometry = Geometry((2.0, 2.0, 5.0), (-50.0, -60.0, 100.0))
+    labels = np.zeros((40, 60, 50), np.uint8)
+    labels[20:36, 15:45, 5:20] = 1
+    labels[5:36, 15:45, 30:45] = 2  # the left lung reaches 75 mm below the right one
+    flags = result_findings(labels, geometry)
+    assert [(f.code, f.lung) for f in flags] == [("lung_base_low", "left")]
+    low = [it for it in build_review(labels, geometry, None, flags) if it.reason == "lung_base_low"]
+    assert [(it.slice_index, it.lung, it.score) for it in low] == [(5, "left", 1.0)]
+    assert low[0].position_lps[2] == pytest.approx(100 + 5 * 5)
+    # stored with k towards the feet, the base is the left lung's last slice; the same point in LPS
+    down = Geometry((2.0, 2.0, 5.0), (-50.0, -60.0, 100.0 + 5 * 39), np.diag([1.0, 1.0, -1.0]))
+    flipped = labels[::-1].copy()
+    low = [it for it in build_review(flipped, down, None, result_findings(flipped, down))
+           if it.reason == "lung_base_low"]
+    assert [(it.slice_index, it.lung) for it in low] == [(34, "left")]
+    assert low[0].position_lps[2] == pytest.approx(100 + 5 * 5)
+
+
 def test_flags_appear_in_the_report(tmp_path):
     ct, labels, geometry = _crafted(right_only=True, touch_border=True)
     result = SegmentationResult(labels, geometry)

@@ -27,6 +27,8 @@ Thresholds, and why:
   is usually 1.1–1.3 times the left, so a right/left ratio outside :data:`RATIO_RANGE` means a lung
   is mostly missed or mislabelled (or one was removed); a lung under :data:`MIN_LUNG_ML` on a field
   of view that holds a chest (:data:`CHEST_FOV_MM`) is missed or a remnant.
+* **Lung bases**: a lung reaching :data:`BASE_DIFFERENCE_MM` below the other has likely taken bowel or
+  stomach gas under its base for lung (``lung_base_low``, named for review at that base).
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ import numpy as np
 from ..defaults import GRID_PIXEL_MM
 from ..errors import InputError
 from ..labels import LUNG_LABELS
-from .counts import label_counts
+from .counts import label_counts, label_extents
 from .geometry import Geometry, canonical_orientation
 
 #: Every finding code and what it means (the public list; codes are never renamed).
@@ -49,6 +51,7 @@ CODES: Dict[str, str] = {
     "volume_out_of_range": "a lung is larger than MAX_LUNG_ML (beyond adult anatomy)",
     "ratio_out_of_range": "the right/left volume ratio lies outside RATIO_RANGE",
     "lung_touches_border": "a lung reaches the in-plane image border: the field of view cuts it",
+    "lung_base_low": "a lung reaches BASE_DIFFERENCE_MM or more below the other (lung = the lower one)",
     "thick_slices": "slices are thicker than the supported range (volumes less accurate)",
     "oblique": "the image axes are tilted against the patient axes by more than 1 degree",
     "non_hu_override": "the intensities failed the Hounsfield-unit check, which was switched off",
@@ -81,6 +84,11 @@ CHEST_FOV_MM: Tuple[float, float, float] = (200.0, 200.0, 100.0)
 #: Lung voxels on the in-plane border covering at least this area (mm^2) flag a cut lung (a stray
 #: voxel does not).
 BORDER_AREA_MM2 = 50.0
+#: One lung's lowest slice this far (mm) below the other's flags that lung's base: the hemidiaphragms
+#: normally differ by 1-3 cm and a raised one by a few cm more, while bowel or stomach gas taken for lung
+#: hangs below the base (96 mL of colon reached 93 mm below the other lung on a leave-one-out fold,
+#: ``benchmarks/results/lopo_position/rerun_stop16``); the three shared references differ by 3-15 mm.
+BASE_DIFFERENCE_MM = 60.0
 #: Obliquity (degrees) above which the input is flagged.
 OBLIQUE_DEG = 1.0
 
@@ -188,7 +196,7 @@ def input_findings(geometry: Geometry, *, non_finite_voxels: int = 0, total_voxe
 def result_findings(labels: np.ndarray, geometry: Geometry) -> List[Finding]:
     """Warnings about a right/left lung labelmap ``[k, j, i]`` on ``geometry``: no lung, a lung missing
     or too small, a volume beyond adult anatomy, a right/left ratio out of range, a lung cut by the
-    in-plane image border."""
+    in-plane image border, a lung reaching far below the other."""
     labels = np.asarray(labels)
     voxel_ml = geometry.voxel_volume_ml()
     counts = label_counts(labels, max(l.value for l in LUNG_LABELS) + 1)  # bounded memory
@@ -220,8 +228,33 @@ def result_findings(labels: np.ndarray, geometry: Geometry) -> List[Finding]:
                 "ratio_out_of_range", f"The right/left lung volume ratio is {ratio:.2f} ({right:.0f} / "
                                       f"{left:.0f} mL), outside {RATIO_RANGE[0]:g}-{RATIO_RANGE[1]:g}: "
                                       "a lung is partly missed or mislabelled."))
-    findings += _border_findings(orientation.to_canonical(labels), orientation.spacing_zyx)
+    canonical = orientation.to_canonical(labels)
+    findings += _border_findings(canonical, orientation.spacing_zyx)
+    if not any(f.code in ("lung_missing", "lung_too_small") for f in findings):  # a remnant has no base to compare
+        findings += _base_findings(canonical, orientation.spacing_zyx[0])
     return findings
+
+
+def lowest_slices(canonical: np.ndarray) -> Dict[str, int]:
+    """Per lung (label key), its lowest canonical slice (canonical slices run inferior -> superior); lungs
+    that are absent are left out."""
+    extents = label_extents(canonical, [l.value for l in LUNG_LABELS])
+    return {l.key: extents[l.value][0][0] for l in LUNG_LABELS if extents[l.value] is not None}
+
+
+def _base_findings(canonical: np.ndarray, slice_mm: float) -> List[Finding]:
+    """A lung whose base lies :data:`BASE_DIFFERENCE_MM` or more below the other's."""
+    lowest = lowest_slices(canonical)
+    if len(lowest) < 2:
+        return []
+    (low_key, low), (high_key, high) = sorted(lowest.items(), key=lambda item: item[1])
+    drop = (high - low) * float(slice_mm)
+    if drop < BASE_DIFFERENCE_MM:
+        return []
+    names = {l.key: l.name.lower() for l in LUNG_LABELS}
+    return [Finding("lung_base_low", f"The {names[low_key]} reaches {drop:.0f} mm lower than the {names[high_key]} "
+                                     f"(over {BASE_DIFFERENCE_MM:g} mm): is its lowest part bowel or stomach gas "
+                                     "under the diaphragm? Check its base.", low_key)]
 
 
 def _border_findings(canonical: np.ndarray, spacing_zyx: Tuple[float, float, float]) -> List[Finding]:

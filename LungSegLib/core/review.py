@@ -4,6 +4,8 @@ Built from a result's per-slice network confidence (:mod:`.confidence`), its lab
 plausibility flags (:func:`LungSegLib.core.checks.plausibility_findings`, shared with the run's
 warnings). Reasons, most urgent first at equal score:
 
+* ``lung_base_low``: the lowest slice of a lung that reaches far below the other (bowel or stomach gas
+  under its base taken for lung?; from the plausibility flag of that name; score 1);
 * ``lung_gap``: a lung is absent on a slice although it is present above and below it -- a blank or
   corrupted slice, or a missed segment (score 1);
 * ``lung_touches_border``: the slice where a lung lies most on the image border (the field of view
@@ -52,7 +54,8 @@ class ReviewItem:
         slice_index: index of the slice in the input array along ``axis``.
         axis: the input array axis that runs across the axial slices (0 for ``[k, j, i]`` axial).
         lung: label key (``"right"``/``"left"``) or None for the whole slice.
-        reason: ``"lung_gap"``, ``"lung_touches_border"``, ``"noisy_slice"`` or ``"low_confidence"``.
+        reason: ``"lung_gap"``, ``"lung_touches_border"``, ``"lung_base_low"``, ``"noisy_slice"`` or
+            ``"low_confidence"``.
         message: one sentence for people.
         score: how urgent, 0..1 (for ``low_confidence`` the expected Dice error).
         position_lps: a point on that slice (the lung's centre there), LPS mm.
@@ -172,6 +175,17 @@ def build_review(labels: np.ndarray, geometry: Geometry, confidence: Optional[Sl
                                         f"The {label.name.lower()} lies on the image border here: the field "
                                         "of view cuts it.", 1.0,
                                         _slice_point(labels, geometry, axis, index, label.value)))
+    for flag in flags:
+        if flag.code == "lung_base_low" and flag.lung:
+            label = next(l for l in LUNG_LABELS if l.key == flag.lung)
+            present = np.flatnonzero(counts[:, label.value])
+            if present.size:
+                # the lowest slice: canonical slices run inferior -> superior, against this axis if flipped
+                orient = canonical_orientation(geometry)
+                flipped = orient.flips[orient.axes.index(axis)] if axis in orient.axes else False
+                index = int(present[-1] if flipped else present[0])
+                items.append(ReviewItem(index, axis, label.key, "lung_base_low", flag.message, 1.0,
+                                        _slice_point(labels, geometry, axis, index, label.value)))
     for index, noise in sorted((noisy_slices or {}).items()):
         items.append(ReviewItem(int(index), axis, None, "noisy_slice",
                                 f"This slice is very noisy ({noise:.0f} HU SD on the model grid) and was smoothed "
@@ -197,7 +211,8 @@ def build_review(labels: np.ndarray, geometry: Geometry, confidence: Optional[Sl
                                     _slice_point(labels, geometry, axis, index, label.value)))
             if len(items) >= 4 * max_items:
                 break
-    order = {"lung_gap": 0, "lung_touches_border": 1, "noisy_slice": 2, "low_confidence": 3}
+    # a low base comes first: the gaps below a lung's base are what bowel gas taken for lung leaves
+    order = {"lung_base_low": 0, "lung_gap": 1, "lung_touches_border": 2, "noisy_slice": 3, "low_confidence": 4}
     items.sort(key=lambda it: (-it.score, order.get(it.reason, 9), it.slice_index))
     return items[:max_items]
 
